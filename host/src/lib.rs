@@ -1,0 +1,8 @@
+//! approval-host: classifies the actions AI agents ask to take, with built-in triggers and the
+//! vendor's own WebAssembly plugins, and routes the risky ones to a human.
+//!
+//! See ARCHITECTURE.md for the map of this crate.
+
+pub mod plugin;
+pub mod risk;
+pub mod store;

@@ -1,0 +1,23 @@
+//! Vendor risk plugins: WebAssembly components implementing `wit/risk-classifier.wit`, run in a
+//! sandbox that hostile code cannot escape, hang, exhaust or crash.
+//!
+//! - [`runtime`]: the wasmtime engine, per-version compiled components, per-call sandboxes;
+//! - [`registry`]: uploads, immutable versions and their states (inactive, shadow, active);
+//! - [`contract`]: the rules a description and a verdict must follow;
+//! - [`sandbox`], [`cache`], [`wit`]: the WASI sandbox, the compiled-artifact cache, the bindings.
+
+mod cache;
+pub mod contract;
+mod error;
+mod limits;
+pub mod registry;
+mod runtime;
+mod sandbox;
+mod wit;
+
+pub use error::{Fault, PluginError, UploadError};
+pub use limits::PluginLimits;
+pub use runtime::{
+    CallReport, CompiledPlugin, LoadedPlugin, PluginIdentity, PluginRuntime, RuntimeConfig,
+    RuntimeError,
+};

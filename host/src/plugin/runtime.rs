@@ -1,0 +1,553 @@
+//! The plugin runtime. Three lifetimes of state, named by their types:
+//! - process-wide: [`PluginRuntime`] (the wasmtime `Engine` with its pooling allocator, the WASI
+//!   linker, the epoch ticker, the call semaphore, the artifact cache);
+//! - per plugin version: [`CompiledPlugin`] (the validated component and its `InstancePre`);
+//! - per call: a `Store<CallState>` built, used and dropped inside [`PluginRuntime::classify`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+
+use super::cache::ArtifactCache;
+use super::contract;
+use super::error::{PluginError, UploadError};
+use super::limits::PluginLimits;
+use super::sandbox::{self, CallState, SandboxSpec};
+use super::wit::{self, CLASSIFIER_EXPORT, RiskClassifierPre};
+use crate::risk::{ClassifyInput, PluginInfo, Verdict};
+
+/// Process-wide settings of the plugin runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The largest component accepted for upload.
+    pub max_component_bytes: usize,
+    /// Plugin calls running at once; further calls wait for a slot.
+    pub max_concurrent_calls: u32,
+    /// How long a call waits for a slot before failing as busy.
+    pub queue_timeout: Duration,
+    /// Limits no vendor may exceed; also sizes the allocator's pool.
+    pub platform_max: PluginLimits,
+    /// Where compiled artifacts are cached; `None` compiles every time.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Bytes of each linear memory the pool keeps resident between calls (zeroed with memset
+    /// instead of being returned to the kernel), trading resident memory for fewer page faults.
+    pub keep_resident_bytes: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_component_bytes: 20 << 20,
+            max_concurrent_calls: 32,
+            queue_timeout: Duration::from_secs(2),
+            platform_max: PluginLimits::platform_max(),
+            cache_dir: None,
+            keep_resident_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Errors starting the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("could not configure the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("could not open the plugin cache directory: {0}")]
+    Cache(#[from] std::io::Error),
+}
+
+/// A plugin version's identity, as reported with every call and recorded in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PluginIdentity {
+    pub vendor: String,
+    /// The plugin's name within the vendor.
+    pub name: String,
+    /// The immutable version number the host gave the upload.
+    pub version: u32,
+    /// Hex sha256 of the component bytes.
+    pub sha256: String,
+}
+
+/// A compiled, validated component: cheap to clone, shared by every call to its plugin version.
+#[derive(Clone)]
+pub struct CompiledPlugin {
+    inner: Arc<CompiledInner>,
+}
+
+struct CompiledInner {
+    /// sha256 of the component bytes: the content address, and part of the sandbox's seed.
+    sha256: [u8; 32],
+    /// The component linked against the sandbox's WASI, ready to instantiate per call.
+    pre: RiskClassifierPre<CallState>,
+}
+
+impl std::fmt::Debug for CompiledPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPlugin").field("sha256", &self.sha256_hex()).finish()
+    }
+}
+
+impl CompiledPlugin {
+    /// Hex sha256 of the component bytes.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.inner.sha256)
+    }
+}
+
+/// A plugin version ready to classify: its identity, what it declared, and its compiled code.
+#[derive(Debug, Clone)]
+pub struct LoadedPlugin {
+    pub identity: PluginIdentity,
+    pub info: PluginInfo,
+    pub compiled: CompiledPlugin,
+}
+
+/// What one call did: everything the audit log records about a plugin's classification.
+#[derive(Debug, Clone)]
+pub struct CallReport {
+    pub plugin: PluginIdentity,
+    pub outcome: Result<Verdict, PluginError>,
+    /// Fuel consumed by instantiation and the call.
+    pub fuel_used: u64,
+    /// Wall time from building the sandbox to dropping it (excluding any wait for a slot).
+    pub wall_time: Duration,
+    /// The call's captured stdout/stderr.
+    pub log: String,
+    /// Whether the log hit its cap and lost output.
+    pub log_truncated: bool,
+}
+
+/// The process-wide plugin runtime.
+pub struct PluginRuntime {
+    /// Compiles and runs every plugin; owns the pooling allocator.
+    engine: Engine,
+    /// WASI 0.2, deny-by-default per call; cloned per plugin version to stub unknown imports.
+    linker: Linker<CallState>,
+    config: RuntimeConfig,
+    /// Bounds the calls inside guest code at once (and so the pool slots in use).
+    permits: Semaphore,
+    cache: Option<ArtifactCache>,
+    /// Advances the engine's epoch every millisecond so running guests check their deadline.
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for PluginRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRuntime").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// The interval at which running guests are interrupted to check their wall-clock deadline.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The error a guest is stopped with when its wall-clock deadline passes.
+#[derive(Debug)]
+struct DeadlineReached;
+
+impl std::fmt::Display for DeadlineReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("wall-clock deadline reached")
+    }
+}
+
+impl std::error::Error for DeadlineReached {}
+
+/// What to ask a guest.
+enum Ask<'a> {
+    Describe,
+    Classify(&'a wit::approval::risk::types::ClassifyInput),
+}
+
+/// A guest's raw answer.
+enum Answer {
+    Info(wit::approval::risk::types::PluginInfo),
+    Verdict(Result<wit::approval::risk::types::Verdict, String>),
+}
+
+/// One finished guest invocation, before its answer is checked against the contract.
+struct Invocation {
+    answer: Result<Answer, PluginError>,
+    fuel_used: u64,
+    wall_time: Duration,
+    log: String,
+    log_truncated: bool,
+}
+
+impl PluginRuntime {
+    /// Builds the engine, the pool and the WASI linker.
+    ///
+    /// # Errors
+    /// The engine rejects the configuration, or the cache directory cannot be created.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine_err = |e: wasmtime::Error| RuntimeError::Engine(e.to_string());
+        let calls = config.max_concurrent_calls.max(1);
+        let per = |n: usize| calls.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(calls)
+            .total_core_instances(per(sandbox::MAX_CORE_INSTANCES))
+            .max_core_instances_per_component(per(sandbox::MAX_CORE_INSTANCES) / calls)
+            .total_memories(per(sandbox::MAX_MEMORIES))
+            .max_memories_per_component(per(sandbox::MAX_MEMORIES) / calls)
+            .total_tables(per(sandbox::MAX_TABLES))
+            .max_tables_per_component(per(sandbox::MAX_TABLES) / calls)
+            .total_stacks(calls)
+            .max_memory_size(config.platform_max.memory_bytes)
+            .linear_memory_keep_resident(config.keep_resident_bytes)
+            .table_keep_resident(config.keep_resident_bytes);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(engine_err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(ArtifactCache::open(dir, &engine)?),
+            None => None,
+        };
+        Ok(Self {
+            _ticker: EpochTicker::start(&engine),
+            permits: Semaphore::new(calls as usize),
+            engine,
+            linker,
+            config,
+            cache,
+        })
+    }
+
+    /// The runtime's settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Validates and compiles an uploaded component. CPU-heavy (milliseconds to seconds): call it
+    /// from a blocking context, e.g. `tokio::task::spawn_blocking`.
+    ///
+    /// # Errors
+    /// An [`UploadError`] saying what is wrong with the component in a vendor's terms.
+    pub fn compile(&self, bytes: &[u8]) -> Result<CompiledPlugin, UploadError> {
+        check_envelope(bytes, self.config.max_component_bytes)?;
+        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        let sha_hex = hex::encode(sha256);
+        let cached = self.cache.as_ref().and_then(|c| c.load(&self.engine, &sha_hex));
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let component = Component::new(&self.engine, bytes).map_err(|e| UploadError::Invalid {
+                    detail: first_line(&format!("{e:?}")),
+                })?;
+                if let Some(cache) = &self.cache {
+                    cache.store(&sha_hex, &component);
+                }
+                component
+            }
+        };
+        self.link(&component).map(|pre| CompiledPlugin {
+            inner: Arc::new(CompiledInner { sha256, pre }),
+        })
+    }
+
+    /// Checks the component's imports and exports against the contract and links it.
+    fn link(&self, component: &Component) -> Result<RiskClassifierPre<CallState>, UploadError> {
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if !(name.starts_with("wasi:") || name.starts_with("approval:risk/types@")) {
+                return Err(UploadError::ForbiddenImport { import: name.to_owned() });
+            }
+        }
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+        if !exports.iter().any(|n| n == CLASSIFIER_EXPORT) {
+            let found = if exports.is_empty() {
+                "nothing".to_owned()
+            } else {
+                exports.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+            };
+            return Err(UploadError::MissingExport { expected: CLASSIFIER_EXPORT, found });
+        }
+        // WASI interfaces the sandbox does not serve (wasi:http, newer proposals) are linked to
+        // functions that trap when called: toolchains that import them at start-up still load.
+        let mut linker = self.linker.clone();
+        let host_err = |e: wasmtime::Error| UploadError::WrongSignature {
+            export: CLASSIFIER_EXPORT,
+            detail: first_line(&format!("{e:?}")),
+        };
+        linker.define_unknown_imports_as_traps(component).map_err(host_err)?;
+        let pre = linker.instantiate_pre(component).map_err(host_err)?;
+        RiskClassifierPre::new(pre).map_err(host_err)
+    }
+
+    /// Runs the component's `describe` in a sandbox and checks the answer.
+    ///
+    /// # Errors
+    /// The call failed, or its answer breaks the contract.
+    pub async fn describe(
+        &self,
+        compiled: &CompiledPlugin,
+        limits: &PluginLimits,
+    ) -> Result<PluginInfo, UploadError> {
+        let spec = SandboxSpec {
+            seed: "describe".to_owned(),
+            now_ms: 0,
+        };
+        let invocation = self.invoke(compiled, &spec, limits, Ask::Describe).await;
+        let raw = match invocation.answer {
+            Ok(Answer::Info(info)) => info,
+            Ok(Answer::Verdict(_)) => unreachable_answer(),
+            Err(err) => return Err(UploadError::DescribeFailed(err)),
+        };
+        let (info, size) = wit::plugin_info(raw);
+        let limit = limits.clamped_to(&self.config.platform_max).max_output_bytes;
+        if size > limit {
+            return Err(UploadError::DescribeFailed(PluginError::OutputTooLarge { bytes: size, limit }));
+        }
+        contract::check_info(&info).map_err(|problem| UploadError::BadDescription { problem })?;
+        Ok(info)
+    }
+
+    /// Classifies one request with one plugin version, in a fresh sandbox. Never fails: a failed
+    /// call is reported in [`CallReport::outcome`] for the policy's fail mode to handle.
+    pub async fn classify(
+        &self,
+        plugin: &LoadedPlugin,
+        input: &ClassifyInput,
+        limits: &PluginLimits,
+    ) -> CallReport {
+        let limits = limits.clamped_to(&self.config.platform_max);
+        let report = |invocation: Invocation, outcome| CallReport {
+            plugin: plugin.identity.clone(),
+            outcome,
+            fuel_used: invocation.fuel_used,
+            wall_time: invocation.wall_time,
+            log: invocation.log,
+            log_truncated: invocation.log_truncated,
+        };
+        let size = wit::input_size(input);
+        if size > limits.max_input_bytes {
+            let refused = Invocation::refused();
+            let err = PluginError::InputTooLarge { bytes: size, limit: limits.max_input_bytes };
+            return report(refused, Err(err));
+        }
+        let spec = SandboxSpec {
+            seed: input.request.id.clone(),
+            now_ms: input.request.requested_at_ms,
+        };
+        let wit_input = wit::classify_input(input);
+        let mut invocation = self.invoke(&plugin.compiled, &spec, &limits, Ask::Classify(&wit_input)).await;
+        let outcome = match std::mem::replace(&mut invocation.answer, Ok(Answer::Verdict(Err(String::new())))) {
+            Err(err) => Err(err),
+            Ok(Answer::Info(_)) => unreachable_answer(),
+            Ok(Answer::Verdict(Err(message))) => Err(PluginError::Declined {
+                message: truncate(&message, contract::MAX_REASON_BYTES),
+            }),
+            Ok(Answer::Verdict(Ok(raw))) => {
+                let (verdict, size) = wit::verdict(raw);
+                if size > limits.max_output_bytes {
+                    Err(PluginError::OutputTooLarge { bytes: size, limit: limits.max_output_bytes })
+                } else {
+                    contract::check_verdict(&verdict, &plugin.info, &input.request)
+                        .map(|()| verdict)
+                        .map_err(|problem| PluginError::MalformedVerdict { problem })
+                }
+            }
+        };
+        report(invocation, outcome)
+    }
+
+    /// Runs one export in a fresh store with every limit set before guest code runs.
+    async fn invoke(
+        &self,
+        compiled: &CompiledPlugin,
+        spec: &SandboxSpec,
+        limits: &PluginLimits,
+        ask: Ask<'_>,
+    ) -> Invocation {
+        let limits = limits.clamped_to(&self.config.platform_max);
+        let waited = self.config.queue_timeout;
+        let _permit = match tokio::time::timeout(waited, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                let mut refused = Invocation::refused();
+                refused.answer = Err(PluginError::Busy { waited });
+                return refused;
+            }
+        };
+        let started = Instant::now();
+        let deadline = started + limits.deadline;
+        let state = CallState::new(spec, &compiled.inner.sha256, limits.memory_bytes, limits.log_bytes);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        if let Err(err) = store.set_fuel(limits.fuel) {
+            let mut refused = Invocation::refused();
+            refused.answer = Err(PluginError::Host { message: err.to_string() });
+            return refused;
+        }
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::new(DeadlineReached))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let call = async {
+            let instance = compiled.inner.pre.instantiate_async(&mut store).await?;
+            let guest = instance.approval_risk_classifier();
+            match ask {
+                Ask::Describe => guest.call_describe(&mut store).await.map(Answer::Info),
+                Ask::Classify(input) => guest.call_classify(&mut store, input).await.map(Answer::Verdict),
+            }
+        };
+        // The epoch callback stops guest code; this timeout also stops a guest blocked in a host
+        // call (a WASI sleep or poll), where no epoch check runs.
+        let result = tokio::time::timeout(limits.deadline, call).await;
+        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let memory_refused = store.data().limiter.memory_refused;
+        let (log, log_truncated) = store.data().log.take();
+        drop(store);
+        let answer = match result {
+            Err(_elapsed) => Err(PluginError::Deadline { limit: limits.deadline }),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(err)) => Err(failure(&err, memory_refused, &limits)),
+        };
+        Invocation {
+            answer,
+            fuel_used,
+            wall_time: started.elapsed(),
+            log,
+            log_truncated,
+        }
+    }
+}
+
+impl Invocation {
+    /// An invocation the host refused before any guest code ran.
+    fn refused() -> Self {
+        Self {
+            answer: Err(PluginError::Host { message: String::new() }),
+            fuel_used: 0,
+            wall_time: Duration::ZERO,
+            log: String::new(),
+            log_truncated: false,
+        }
+    }
+}
+
+fn unreachable_answer() -> ! {
+    unreachable!("each Ask variant is answered by its own export")
+}
+
+/// Maps a wasmtime error from a guest call to the plugin error it stands for.
+fn failure(err: &wasmtime::Error, memory_refused: bool, limits: &PluginLimits) -> PluginError {
+    if err.is::<DeadlineReached>() {
+        return PluginError::Deadline { limit: limits.deadline };
+    }
+    if err.is::<wasmtime::PoolConcurrencyLimitError>() {
+        return PluginError::Host { message: err.to_string() };
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => PluginError::OutOfFuel { limit: limits.fuel },
+        Some(Trap::StackOverflow) => PluginError::StackOverflow,
+        Some(Trap::Interrupt) => PluginError::Deadline { limit: limits.deadline },
+        _ if memory_refused => PluginError::OutOfMemory { limit_bytes: limits.memory_bytes },
+        Some(trap) => PluginError::Trap { message: trap.to_string() },
+        None => PluginError::Trap {
+            message: truncate(&first_line(&err.root_cause().to_string()), contract::MAX_REASON_BYTES),
+        },
+    }
+}
+
+/// Rejects what is obviously not a component before handing bytes to the compiler.
+fn check_envelope(bytes: &[u8], max: usize) -> Result<(), UploadError> {
+    if bytes.is_empty() {
+        return Err(UploadError::Empty);
+    }
+    if bytes.len() > max {
+        return Err(UploadError::TooLarge { bytes: bytes.len(), limit: max });
+    }
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(UploadError::CoreModule),
+        Some([0, b'a', b's', b'm', ..]) => Ok(()),
+        _ => Err(UploadError::NotWasm),
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A thread that advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("plugin-epoch".to_owned())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .ok();
+        Self { stop, handle }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_are_told_apart() {
+        assert_eq!(check_envelope(b"", 10), Err(UploadError::Empty));
+        assert_eq!(check_envelope(b"hello world", 100), Err(UploadError::NotWasm));
+        assert_eq!(check_envelope(b"\0asm\x01\0\0\0", 100), Err(UploadError::CoreModule));
+        assert_eq!(check_envelope(b"\0asm\x0d\0\x01\0", 100), Ok(()));
+        assert_eq!(
+            check_envelope(&[0; 11], 10),
+            Err(UploadError::TooLarge { bytes: 11, limit: 10 })
+        );
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("¥¥¥", 3), "¥…");
+        assert_eq!(truncate("abc", 3), "abc");
+    }
+}
