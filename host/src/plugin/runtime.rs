@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, ResourceType};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 use super::cache::ArtifactCache;
@@ -271,14 +272,12 @@ impl PluginRuntime {
             };
             return Err(UploadError::MissingExport { expected: CLASSIFIER_EXPORT, found });
         }
-        // WASI interfaces the sandbox does not serve (wasi:http, newer proposals) are linked to
-        // functions that trap when called: toolchains that import them at start-up still load.
         let mut linker = self.linker.clone();
         let host_err = |e: wasmtime::Error| UploadError::WrongSignature {
             export: CLASSIFIER_EXPORT,
             detail: first_line(&format!("{e:?}")),
         };
-        linker.define_unknown_imports_as_traps(component).map_err(host_err)?;
+        stub_unserved_imports(&mut linker, component, &self.engine).map_err(host_err)?;
         let pre = linker.instantiate_pre(component).map_err(host_err)?;
         RiskClassifierPre::new(pre).map_err(host_err)
     }
@@ -461,6 +460,81 @@ fn failure(err: &wasmtime::Error, memory_refused: bool, limits: &PluginLimits) -
             message: truncate(&first_line(&err.root_cause().to_string()), contract::MAX_REASON_BYTES),
         },
     }
+}
+
+/// The WASI 0.2 interfaces the sandbox serves; an import of any 0.2.x version of them resolves
+/// to wasmtime-wasi's implementation by semver.
+const SERVED_WASI: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/insecure-seed",
+    "wasi:random/insecure",
+    "wasi:random/random",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/ip-name-lookup",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+];
+
+fn is_served(import: &str) -> bool {
+    let (interface, version) = import.split_once('@').unwrap_or((import, ""));
+    version.starts_with("0.2.") && SERVED_WASI.contains(&interface)
+}
+
+/// The resource type given to stubbed imports' resources.
+struct Unserved;
+
+/// Links the imports the sandbox does not serve (other WASI interfaces such as wasi:http, and
+/// the contract's type-only interface) to functions that trap when called, so components whose
+/// toolchain imports them at start-up still load. Served WASI imports are left to the linker's
+/// semver matching.
+fn stub_unserved_imports(
+    linker: &mut Linker<CallState>,
+    component: &Component,
+    engine: &Engine,
+) -> wasmtime::Result<()> {
+    for (name, item) in component.component_type().imports(engine) {
+        if is_served(name) {
+            continue;
+        }
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            continue;
+        };
+        let mut stubs = linker.instance(name)?;
+        for (export, item) in instance.exports(engine) {
+            match item.ty {
+                ComponentItem::ComponentFunc(_) => {
+                    let what = format!("{name}#{export}");
+                    stubs.func_new(export, move |_, _, _, _| {
+                        Err(wasmtime::format_err!("the sandbox does not provide `{what}`"))
+                    })?;
+                }
+                ComponentItem::Resource(_) => {
+                    stubs.resource(export, ResourceType::host::<Unserved>(), |_, _| Ok(()))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Rejects what is obviously not a component before handing bytes to the compiler.
