@@ -116,15 +116,15 @@ pub async fn postgres() -> TestDb {
 /// Runs a store test on SQLite and on PostgreSQL.
 #[macro_export]
 macro_rules! on_both_backends {
-    ($name:ident, $body:path) => {
+    ($name:ident, $body:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                $body($crate::common::sqlite().await).await;
+                super::$body($crate::common::sqlite().await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                $body($crate::common::postgres().await).await;
+                super::$body($crate::common::postgres().await).await;
             }
         }
     };

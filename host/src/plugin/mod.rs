@@ -18,6 +18,6 @@ mod wit;
 pub use error::{Fault, PluginError, UploadError};
 pub use limits::PluginLimits;
 pub use runtime::{
-    CallReport, CompiledPlugin, LoadedPlugin, PluginIdentity, PluginRuntime, RuntimeConfig,
-    RuntimeError,
+    CallReport, CompiledPlugin, LoadedPlugin, PluginIdentity, PluginRuntime, ReusedInstance,
+    RuntimeConfig, RuntimeError,
 };

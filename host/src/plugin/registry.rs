@@ -124,6 +124,11 @@ impl PluginRegistry {
         Ok(registry)
     }
 
+    /// The runtime that compiled this registry's plugins: classify them with it.
+    pub fn runtime(&self) -> &Arc<PluginRuntime> {
+        &self.runtime
+    }
+
     /// The vendor's live plugins now. Cheap; hold the snapshot for the whole classification.
     pub fn live(&self, vendor: &str) -> Arc<VendorPlugins> {
         let live = self.live.read().unwrap_or_else(PoisonError::into_inner);

@@ -368,6 +368,13 @@ impl PluginRuntime {
         ask: Ask<'_>,
     ) -> Invocation {
         let limits = limits.clamped_to(&self.config.platform_max);
+        if !Engine::same(&self.engine, compiled.inner.pre.instance_pre().engine()) {
+            let mut refused = Invocation::refused();
+            refused.answer = Err(PluginError::Host {
+                message: "the plugin was compiled by another runtime".to_owned(),
+            });
+            return refused;
+        }
         let waited = self.config.queue_timeout;
         let _permit = match tokio::time::timeout(waited, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -422,6 +429,61 @@ impl PluginRuntime {
             log,
             log_truncated,
         }
+    }
+}
+
+/// One instance kept across calls, for benchmarks and diagnostics only: guest state persists
+/// between calls, which the host never allows for requests (they get a fresh instance each).
+#[doc(hidden)]
+pub struct ReusedInstance {
+    store: Store<CallState>,
+    instance: wit::RiskClassifier,
+}
+
+impl std::fmt::Debug for ReusedInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReusedInstance").finish_non_exhaustive()
+    }
+}
+
+impl PluginRuntime {
+    /// Instantiates `plugin` once for repeated calls (see [`ReusedInstance`]).
+    ///
+    /// # Errors
+    /// Instantiation failed.
+    #[doc(hidden)]
+    pub async fn reused_instance(&self, plugin: &LoadedPlugin) -> Result<ReusedInstance, PluginError> {
+        let limits = PluginLimits::default();
+        let spec = SandboxSpec { seed: "reused".to_owned(), now_ms: 0 };
+        let state = CallState::new(&spec, &plugin.compiled.inner.sha256, limits.memory_bytes, limits.log_bytes);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let host = |e: wasmtime::Error| PluginError::Host { message: e.to_string() };
+        store.set_fuel(u64::MAX).map_err(host)?;
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = plugin.compiled.inner.pre.instantiate_async(&mut store).await.map_err(host)?;
+        Ok(ReusedInstance { store, instance })
+    }
+}
+
+impl ReusedInstance {
+    /// Classifies on the kept instance, without the contract checks of a real call.
+    ///
+    /// # Errors
+    /// The call trapped or the plugin declined.
+    pub async fn classify(&mut self, input: &ClassifyInput) -> Result<Verdict, PluginError> {
+        let host = |e: wasmtime::Error| PluginError::Host { message: e.to_string() };
+        self.store.set_fuel(u64::MAX).map_err(host)?;
+        let input = wit::classify_input(input);
+        let answer = self
+            .instance
+            .approval_risk_classifier()
+            .call_classify(&mut self.store, &input)
+            .await
+            .map_err(host)?;
+        answer
+            .map(|raw| wit::verdict(raw).0)
+            .map_err(|message| PluginError::Declined { message })
     }
 }
 
