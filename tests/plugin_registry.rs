@@ -17,7 +17,9 @@ use ed25519_dalek::{Signer as _, SigningKey};
 const VENDOR: &str = "acme-toys";
 
 async fn registry(db: &TestDb) -> PluginRegistry {
-    PluginRegistry::open(runtime(), db.db.clone()).await.unwrap()
+    PluginRegistry::open(runtime(), db.db.clone())
+        .await
+        .unwrap()
 }
 
 fn states(versions: &[approval_host::plugin::registry::PluginVersion]) -> Vec<(u32, PluginState)> {
@@ -29,7 +31,10 @@ async fn uploads(db: TestDb) {
     let registry = registry(&db).await;
     let bytes = plugin("velocity");
     let v1 = registry.upload(VENDOR, &bytes, None, 1_000).await.unwrap();
-    assert_eq!((v1.name.as_str(), v1.version, v1.state), ("velocity", 1, PluginState::Inactive));
+    assert_eq!(
+        (v1.name.as_str(), v1.version, v1.state),
+        ("velocity", 1, PluginState::Inactive)
+    );
     assert_eq!(v1.sha256.len(), 64);
     assert_eq!(v1.info.rules.len(), 3);
     assert!(!v1.signed);
@@ -37,21 +42,40 @@ async fn uploads(db: TestDb) {
     let again = registry.upload(VENDOR, &bytes, None, 2_000).await.unwrap();
     assert_eq!(again, v1, "the same bytes are the same version");
 
-    let v2 = registry.upload(VENDOR, &variant(&bytes, "v2"), None, 3_000).await.unwrap();
+    let v2 = registry
+        .upload(VENDOR, &variant(&bytes, "v2"), None, 3_000)
+        .await
+        .unwrap();
     assert_eq!(v2.version, 2);
     assert_ne!(v2.sha256, v1.sha256);
 
-    let other_vendor = registry.upload("other-vendor", &bytes, None, 4_000).await.unwrap();
-    assert_eq!(other_vendor.version, 1, "versions are numbered per vendor and plugin");
+    let other_vendor = registry
+        .upload("other-vendor", &bytes, None, 4_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        other_vendor.version, 1,
+        "versions are numbered per vendor and plugin"
+    );
 
-    let refused = registry.upload(VENDOR, &plugin("wrong_world"), None, 5_000).await;
-    assert!(matches!(refused, Err(RegistryError::Upload(UploadError::MissingExport { .. }))));
-    let refused = registry.upload(VENDOR, &plugin("hostile_startup_loop"), None, 5_000).await;
-    assert!(matches!(refused, Err(RegistryError::Upload(UploadError::DescribeFailed(_)))));
-    assert_eq!(states(&registry.versions(VENDOR).await.unwrap()), [
-        (1, PluginState::Inactive),
-        (2, PluginState::Inactive)
-    ]);
+    let refused = registry
+        .upload(VENDOR, &plugin("wrong_world"), None, 5_000)
+        .await;
+    assert!(matches!(
+        refused,
+        Err(RegistryError::Upload(UploadError::MissingExport { .. }))
+    ));
+    let refused = registry
+        .upload(VENDOR, &plugin("hostile_startup_loop"), None, 5_000)
+        .await;
+    assert!(matches!(
+        refused,
+        Err(RegistryError::Upload(UploadError::DescribeFailed(_)))
+    ));
+    assert_eq!(
+        states(&registry.versions(VENDOR).await.unwrap()),
+        [(1, PluginState::Inactive), (2, PluginState::Inactive)]
+    );
 }
 
 on_both_backends!(activate_shadow_and_roll_back, lifecycle);
@@ -59,34 +83,77 @@ async fn lifecycle(db: TestDb) {
     let registry = registry(&db).await;
     let bytes = plugin("velocity");
     registry.upload(VENDOR, &bytes, None, 1).await.unwrap();
-    registry.upload(VENDOR, &variant(&bytes, "v2"), None, 2).await.unwrap();
+    registry
+        .upload(VENDOR, &variant(&bytes, "v2"), None, 2)
+        .await
+        .unwrap();
     assert!(registry.live(VENDOR).active.is_empty());
 
     let rollback = registry.rollback(VENDOR, "velocity", 3).await;
-    assert!(matches!(rollback, Err(RegistryError::NothingToRollBack { .. })));
-    let missing = registry.set_state(VENDOR, ("velocity", 9), PluginState::Active, 3).await;
-    assert!(matches!(missing, Err(RegistryError::NotFound { version: 9, .. })));
+    assert!(matches!(
+        rollback,
+        Err(RegistryError::NothingToRollBack { .. })
+    ));
+    let missing = registry
+        .set_state(VENDOR, ("velocity", 9), PluginState::Active, 3)
+        .await;
+    assert!(matches!(
+        missing,
+        Err(RegistryError::NotFound { version: 9, .. })
+    ));
 
-    registry.set_state(VENDOR, ("velocity", 1), PluginState::Active, 4).await.unwrap();
-    registry.set_state(VENDOR, ("velocity", 2), PluginState::Active, 5).await.unwrap();
-    assert_eq!(states(&registry.versions(VENDOR).await.unwrap()), [
-        (1, PluginState::Inactive),
-        (2, PluginState::Active)
-    ]);
+    registry
+        .set_state(VENDOR, ("velocity", 1), PluginState::Active, 4)
+        .await
+        .unwrap();
+    registry
+        .set_state(VENDOR, ("velocity", 2), PluginState::Active, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        states(&registry.versions(VENDOR).await.unwrap()),
+        [(1, PluginState::Inactive), (2, PluginState::Active)]
+    );
     let live = registry.live(VENDOR);
-    assert_eq!(live.active.iter().map(|p| p.identity.version).collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        live.active
+            .iter()
+            .map(|p| p.identity.version)
+            .collect::<Vec<_>>(),
+        [2]
+    );
 
     let back = registry.rollback(VENDOR, "velocity", 6).await.unwrap();
     assert_eq!((back.version, back.state), (1, PluginState::Active));
-    registry.set_state(VENDOR, ("velocity", 2), PluginState::Shadow, 7).await.unwrap();
+    registry
+        .set_state(VENDOR, ("velocity", 2), PluginState::Shadow, 7)
+        .await
+        .unwrap();
     let live = registry.live(VENDOR);
-    assert_eq!(live.active.iter().map(|p| p.identity.version).collect::<Vec<_>>(), [1]);
-    assert_eq!(live.shadow.iter().map(|p| p.identity.version).collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        live.active
+            .iter()
+            .map(|p| p.identity.version)
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    assert_eq!(
+        live.shadow
+            .iter()
+            .map(|p| p.identity.version)
+            .collect::<Vec<_>>(),
+        [2]
+    );
 
     // A restarted host loads the same live plugins from the database.
-    let restarted = PluginRegistry::open(runtime(), db.db.clone()).await.unwrap();
+    let restarted = PluginRegistry::open(runtime(), db.db.clone())
+        .await
+        .unwrap();
     let live = restarted.live(VENDOR);
-    assert_eq!(live.active[0].identity, registry.live(VENDOR).active[0].identity);
+    assert_eq!(
+        live.active[0].identity,
+        registry.live(VENDOR).active[0].identity
+    );
     assert_eq!(live.shadow.len(), 1);
 }
 
@@ -95,16 +162,29 @@ async fn concurrency(db: TestDb) {
     let registry = Arc::new(registry(&db).await);
     let bytes = plugin("velocity");
     registry.upload(VENDOR, &bytes, None, 1).await.unwrap();
-    registry.upload(VENDOR, &variant(&bytes, "v2"), None, 2).await.unwrap();
-    registry.set_state(VENDOR, ("velocity", 1), PluginState::Active, 3).await.unwrap();
-    registry.set_state(VENDOR, ("velocity", 2), PluginState::Active, 4).await.unwrap();
+    registry
+        .upload(VENDOR, &variant(&bytes, "v2"), None, 2)
+        .await
+        .unwrap();
+    registry
+        .set_state(VENDOR, ("velocity", 1), PluginState::Active, 3)
+        .await
+        .unwrap();
+    registry
+        .set_state(VENDOR, ("velocity", 2), PluginState::Active, 4)
+        .await
+        .unwrap();
 
     // A call that took its snapshot before a switch finishes on the version it started with.
     let before = registry.live(VENDOR);
     registry.rollback(VENDOR, "velocity", 5).await.unwrap();
     let rt = Arc::clone(registry.runtime());
     let report = rt
-        .classify(&before.active[0], &payment("in-flight", 1_000, None), &PluginLimits::default())
+        .classify(
+            &before.active[0],
+            &payment("in-flight", 1_000, None),
+            &PluginLimits::default(),
+        )
         .await;
     assert_eq!(report.plugin.version, 2);
     assert_eq!(registry.live(VENDOR).active[0].identity.version, 1);
@@ -117,9 +197,15 @@ async fn concurrency(db: TestDb) {
                 let mut calls = 0u32;
                 while !done.load(Ordering::Relaxed) || calls == 0 {
                     let live = registry.live(VENDOR);
-                    assert_eq!(live.active.len(), 1, "exactly one active version at every instant");
+                    assert_eq!(
+                        live.active.len(),
+                        1,
+                        "exactly one active version at every instant"
+                    );
                     let input = payment(&format!("c{i}-{calls}"), 1_000, None);
-                    let report = rt.classify(&live.active[0], &input, &PluginLimits::default()).await;
+                    let report = rt
+                        .classify(&live.active[0], &input, &PluginLimits::default())
+                        .await;
                     assert!([1, 2].contains(&report.plugin.version));
                     assert_eq!(report.outcome.unwrap().decision, Decision::Allow);
                     calls += 1;
@@ -130,7 +216,10 @@ async fn concurrency(db: TestDb) {
         })
         .collect();
     for step in 0..20 {
-        registry.rollback(VENDOR, "velocity", 10 + step).await.unwrap();
+        registry
+            .rollback(VENDOR, "velocity", 10 + step)
+            .await
+            .unwrap();
         tokio::task::yield_now().await;
     }
     done.store(true, Ordering::Relaxed);
@@ -151,19 +240,39 @@ on_both_backends!(a_vendor_with_a_key_must_sign_uploads, signing);
 async fn signing(db: TestDb) {
     let registry = registry(&db).await;
     let key = SigningKey::from_bytes(&[7; 32]);
-    registry.set_signing_key(VENDOR, key.verifying_key().to_bytes()).await.unwrap();
+    registry
+        .set_signing_key(VENDOR, key.verifying_key().to_bytes())
+        .await
+        .unwrap();
     let bytes = plugin("velocity");
 
     let unsigned = registry.upload(VENDOR, &bytes, None, 1).await;
-    assert!(matches!(unsigned, Err(RegistryError::Upload(UploadError::SignatureRequired))));
+    assert!(matches!(
+        unsigned,
+        Err(RegistryError::Upload(UploadError::SignatureRequired))
+    ));
     let forged = SigningKey::from_bytes(&[8; 32]).sign(&bytes).to_bytes();
     let forged = registry.upload(VENDOR, &bytes, Some(&forged), 1).await;
-    assert!(matches!(forged, Err(RegistryError::Upload(UploadError::BadSignature))));
+    assert!(matches!(
+        forged,
+        Err(RegistryError::Upload(UploadError::BadSignature))
+    ));
     let truncated = registry.upload(VENDOR, &bytes, Some(&[1, 2, 3]), 1).await;
-    assert!(matches!(truncated, Err(RegistryError::Upload(UploadError::BadSignature))));
+    assert!(matches!(
+        truncated,
+        Err(RegistryError::Upload(UploadError::BadSignature))
+    ));
 
     let signature = key.sign(&bytes).to_bytes();
-    let signed = registry.upload(VENDOR, &bytes, Some(&signature), 1).await.unwrap();
+    let signed = registry
+        .upload(VENDOR, &bytes, Some(&signature), 1)
+        .await
+        .unwrap();
     assert!(signed.signed);
-    assert!(registry.upload("unsigned-vendor", &bytes, None, 1).await.is_ok());
+    assert!(
+        registry
+            .upload("unsigned-vendor", &bytes, None, 1)
+            .await
+            .is_ok()
+    );
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use approval_host::plugin::{
-    CallReport, LoadedPlugin, PluginError, PluginIdentity, PluginLimits, PluginRuntime, RuntimeConfig,
-    UploadError,
+    CallReport, LoadedPlugin, PluginError, PluginIdentity, PluginLimits, PluginRuntime,
+    RuntimeConfig, UploadError,
 };
 use approval_host::risk::{Action, ClassifyInput, CounterOffer, Decision, Money, PluginInfo, Rule};
 use common::{input, payment, plugin, runtime};
@@ -18,7 +18,10 @@ use common::{input, payment, plugin, runtime};
 /// Compiles and describes a plugin the way an upload does.
 async fn load(rt: &PluginRuntime, name: &str) -> LoadedPlugin {
     let compiled = rt.compile(&plugin(name)).unwrap();
-    let info = rt.describe(&compiled, &PluginLimits::default()).await.unwrap();
+    let info = rt
+        .describe(&compiled, &PluginLimits::default())
+        .await
+        .unwrap();
     loaded(compiled, info)
 }
 
@@ -62,7 +65,10 @@ fn deadline_first() -> PluginLimits {
 }
 
 fn with_settings(mut input: ClassifyInput, settings: &[(&str, &str)]) -> ClassifyInput {
-    input.policy.settings = settings.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+    input.policy.settings = settings
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
     input
 }
 
@@ -74,12 +80,19 @@ async fn the_example_plugin_gives_the_expected_verdicts() {
     let rules: Vec<_> = velocity.info.rules.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
         rules,
-        ["velocity.blocked-merchant", "velocity.payments-per-hour", "velocity.hourly-spend"]
+        [
+            "velocity.blocked-merchant",
+            "velocity.payments-per-hour",
+            "velocity.hourly-spend"
+        ]
     );
 
     let small = classify(&rt, &velocity, &payment("r1", 1_000, Some("groceries"))).await;
     let verdict = small.outcome.unwrap();
-    assert_eq!((verdict.decision, verdict.rule_id.as_str()), (Decision::Allow, ""));
+    assert_eq!(
+        (verdict.decision, verdict.rule_id.as_str()),
+        (Decision::Allow, "")
+    );
     assert!(small.fuel_used > 0);
     assert_eq!(small.plugin, velocity.identity);
 
@@ -94,12 +107,18 @@ async fn the_example_plugin_gives_the_expected_verdicts() {
     assert_eq!(verdict.decision, Decision::Escalate);
     assert_eq!(verdict.rule_id, "velocity.payments-per-hour");
 
-    let mut spender = with_settings(payment("r4", 60_000, None), &[("max-hourly-spend.CNY", "100000")]);
+    let mut spender = with_settings(
+        payment("r4", 60_000, None),
+        &[("max-hourly-spend.CNY", "100000")],
+    );
     spender.history.last_hour.approved_spend = vec![Money::new(70_000, "CNY")];
     let verdict = classify(&rt, &velocity, &spender).await.outcome.unwrap();
     assert_eq!(verdict.decision, Decision::Escalate);
     assert_eq!(verdict.rule_id, "velocity.hourly-spend");
-    assert_eq!(verdict.counter_offer, Some(CounterOffer::Amount(Money::new(30_000, "CNY"))));
+    assert_eq!(
+        verdict.counter_offer,
+        Some(CounterOffer::Amount(Money::new(30_000, "CNY")))
+    );
 
     let memory = input(
         "r5",
@@ -108,12 +127,25 @@ async fn the_example_plugin_gives_the_expected_verdicts() {
             key: "shopping-list".into(),
         },
     );
-    assert_eq!(classify(&rt, &velocity, &memory).await.outcome.unwrap().decision, Decision::Allow);
+    assert_eq!(
+        classify(&rt, &velocity, &memory)
+            .await
+            .outcome
+            .unwrap()
+            .decision,
+        Decision::Allow
+    );
 
-    let broken = with_settings(payment("r6", 1_000, None), &[("max-payments-per-hour", "lots")]);
+    let broken = with_settings(
+        payment("r6", 1_000, None),
+        &[("max-payments-per-hour", "lots")],
+    );
     match classify(&rt, &velocity, &broken).await.outcome {
         Err(PluginError::Declined { message }) => {
-            assert_eq!(message, "setting max-payments-per-hour is not a number: lots");
+            assert_eq!(
+                message,
+                "setting max-payments-per-hour is not a number: lots"
+            );
         }
         other => panic!("expected the plugin to decline, got {other:?}"),
     }
@@ -140,7 +172,11 @@ async fn contained(rt: &PluginRuntime, hostile: &LoadedPlugin) -> CallReport {
     );
     let velocity = load(rt, "velocity").await;
     let after = classify(rt, &velocity, &payment("after", 1_000, None)).await;
-    assert_eq!(after.outcome.unwrap().decision, Decision::Allow, "the host keeps serving");
+    assert_eq!(
+        after.outcome.unwrap().decision,
+        Decision::Allow,
+        "the host keeps serving"
+    );
     report
 }
 
@@ -148,8 +184,15 @@ async fn contained(rt: &PluginRuntime, hostile: &LoadedPlugin) -> CallReport {
 async fn an_infinite_loop_is_cut_off_at_the_deadline() {
     let rt = runtime();
     let hostile = load(&rt, "hostile_loop").await;
-    let report = rt.classify(&hostile, &payment("l", 1, None), &deadline_first()).await;
-    assert_eq!(report.outcome, Err(PluginError::Deadline { limit: Duration::from_millis(10) }));
+    let report = rt
+        .classify(&hostile, &payment("l", 1, None), &deadline_first())
+        .await;
+    assert_eq!(
+        report.outcome,
+        Err(PluginError::Deadline {
+            limit: Duration::from_millis(10)
+        })
+    );
     contained(&rt, &hostile).await;
 }
 
@@ -163,7 +206,10 @@ async fn a_loop_that_runs_out_of_fuel_first_is_reported_as_such() {
         ..PluginLimits::default()
     };
     let report = rt.classify(&hostile, &payment("f", 1, None), &limits).await;
-    assert_eq!(report.outcome, Err(PluginError::OutOfFuel { limit: 100_000 }));
+    assert_eq!(
+        report.outcome,
+        Err(PluginError::OutOfFuel { limit: 100_000 })
+    );
     assert_eq!(report.fuel_used, 100_000);
 }
 
@@ -174,12 +220,24 @@ async fn a_loop_during_start_up_is_cut_off_too() {
     let described = rt.describe(&compiled, &deadline_first()).await;
     assert_eq!(
         described,
-        Err(UploadError::DescribeFailed(PluginError::Deadline { limit: Duration::from_millis(10) }))
+        Err(UploadError::DescribeFailed(PluginError::Deadline {
+            limit: Duration::from_millis(10)
+        }))
     );
     let hostile = load_undescribed(&rt, "hostile_startup_loop");
-    let report = rt.classify(&hostile, &payment("s", 1, None), &deadline_first()).await;
-    assert_eq!(report.outcome, Err(PluginError::Deadline { limit: Duration::from_millis(10) }));
-    assert!(report.fuel_used > 0, "the guest ran only during instantiation");
+    let report = rt
+        .classify(&hostile, &payment("s", 1, None), &deadline_first())
+        .await;
+    assert_eq!(
+        report.outcome,
+        Err(PluginError::Deadline {
+            limit: Duration::from_millis(10)
+        })
+    );
+    assert!(
+        report.fuel_used > 0,
+        "the guest ran only during instantiation"
+    );
     contained(&rt, &hostile).await;
 }
 
@@ -188,7 +246,12 @@ async fn a_plugin_asleep_in_a_host_call_is_cut_off() {
     let rt = runtime();
     let hostile = load(&rt, "hostile_sleep").await;
     let report = contained(&rt, &hostile).await;
-    assert_eq!(report.outcome, Err(PluginError::Deadline { limit: Duration::from_millis(10) }));
+    assert_eq!(
+        report.outcome,
+        Err(PluginError::Deadline {
+            limit: Duration::from_millis(10)
+        })
+    );
 }
 
 #[tokio::test]
@@ -200,7 +263,12 @@ async fn a_memory_bomb_hits_the_memory_cap() {
         ..PluginLimits::default()
     };
     let report = rt.classify(&hostile, &payment("m", 1, None), &limits).await;
-    assert_eq!(report.outcome, Err(PluginError::OutOfMemory { limit_bytes: 32 << 20 }));
+    assert_eq!(
+        report.outcome,
+        Err(PluginError::OutOfMemory {
+            limit_bytes: 32 << 20
+        })
+    );
     contained(&rt, &hostile).await;
 }
 
@@ -221,7 +289,11 @@ async fn a_trap_is_reported_with_the_guest_log() {
         Err(PluginError::Trap { message }) => assert!(message.contains("unreachable"), "{message}"),
         other => panic!("expected a trap, got {other:?}"),
     }
-    assert!(report.log.contains("plugin bug: index out of range"), "log: {}", report.log);
+    assert!(
+        report.log.contains("plugin bug: index out of range"),
+        "log: {}",
+        report.log
+    );
 }
 
 #[tokio::test]
@@ -269,13 +341,20 @@ async fn an_oversized_request_never_reaches_the_plugin() {
         },
     );
     let report = classify(&rt, &velocity, &big).await;
-    assert!(matches!(report.outcome, Err(PluginError::InputTooLarge { limit: 65_536, .. })));
+    assert!(matches!(
+        report.outcome,
+        Err(PluginError::InputTooLarge { limit: 65_536, .. })
+    ));
     assert_eq!(report.fuel_used, 0);
 }
 
 /// The `probe {json}` line the WASI probe prints.
 fn probe(report: &CallReport) -> serde_json::Value {
-    let line = report.log.lines().find_map(|l| l.strip_prefix("probe {")).unwrap();
+    let line = report
+        .log
+        .lines()
+        .find_map(|l| l.strip_prefix("probe {"))
+        .unwrap();
     serde_json::from_str(&format!("{{{line}")).unwrap()
 }
 
@@ -292,14 +371,25 @@ async fn the_sandbox_denies_everything_and_is_deterministic() {
         assert_eq!(seen[denied], "err", "{denied} must be denied");
     }
     assert_eq!(seen["stdin_bytes"], 0);
-    assert_eq!(seen["wall_ms"], 1_795_000_000_123u64, "the clock reads the request time");
+    assert_eq!(
+        seen["wall_ms"], 1_795_000_000_123u64,
+        "the clock reads the request time"
+    );
     assert!(first.log.contains("probe stderr"), "stderr is captured");
 
     let again = probe(&classify(&rt, &probe_plugin, &payment("req-1", 1, None)).await);
     let other = probe(&classify(&rt, &probe_plugin, &payment("req-2", 1, None)).await);
     for random in ["random_u64", "insecure_random_u64"] {
-        assert_eq!(seen[random].as_u64(), again[random].as_u64(), "{random} is seeded per request");
-        assert_ne!(seen[random].as_u64(), other[random].as_u64(), "{random} differs across requests");
+        assert_eq!(
+            seen[random].as_u64(),
+            again[random].as_u64(),
+            "{random} is seeded per request"
+        );
+        assert_ne!(
+            seen[random].as_u64(),
+            other[random].as_u64(),
+            "{random} differs across requests"
+        );
     }
 }
 
@@ -315,12 +405,19 @@ async fn many_concurrent_calls_share_a_small_pool() {
         let (rt, velocity) = (Arc::clone(&rt), Arc::clone(&velocity));
         tokio::spawn(async move {
             let amount = if i % 2 == 0 { 1_000 } else { 2_000 };
-            rt.classify(&velocity, &payment(&format!("c{i}"), amount, None), &PluginLimits::default())
-                .await
+            rt.classify(
+                &velocity,
+                &payment(&format!("c{i}"), amount, None),
+                &PluginLimits::default(),
+            )
+            .await
         })
     });
     for call in calls {
-        assert_eq!(call.await.unwrap().outcome.unwrap().decision, Decision::Allow);
+        assert_eq!(
+            call.await.unwrap().outcome.unwrap().decision,
+            Decision::Allow
+        );
     }
 }
 
@@ -350,7 +447,10 @@ fn uploads_that_are_not_risk_classifiers_are_refused_in_plain_words() {
     );
     let velocity = plugin("velocity");
     let truncated = refusal(&velocity[..velocity.len() / 2]);
-    assert!(truncated.starts_with("the component is not valid WebAssembly: "), "{truncated}");
+    assert!(
+        truncated.starts_with("the component is not valid WebAssembly: "),
+        "{truncated}"
+    );
 
     let small = common::runtime_with(RuntimeConfig {
         max_component_bytes: 1_000,
@@ -358,7 +458,10 @@ fn uploads_that_are_not_risk_classifiers_are_refused_in_plain_words() {
     });
     assert_eq!(
         small.compile(&velocity).unwrap_err(),
-        UploadError::TooLarge { bytes: velocity.len(), limit: 1_000 }
+        UploadError::TooLarge {
+            bytes: velocity.len(),
+            limit: 1_000
+        }
     );
 }
 
@@ -372,8 +475,14 @@ fn compiled_artifacts_are_reused_from_the_cache() {
     let first = common::runtime_with(config.clone());
     let compiled = first.compile(&plugin("velocity")).unwrap();
     let engine_dirs: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
-    assert_eq!(engine_dirs.len(), 1, "one directory per engine compatibility hash");
-    let artifact = engine_dirs[0].path().join(format!("{}.cwasm", compiled.sha256_hex()));
+    assert_eq!(
+        engine_dirs.len(),
+        1,
+        "one directory per engine compatibility hash"
+    );
+    let artifact = engine_dirs[0]
+        .path()
+        .join(format!("{}.cwasm", compiled.sha256_hex()));
     assert!(artifact.exists());
 
     // A corrupt artifact is discarded and recompiled, never trusted.
@@ -381,5 +490,8 @@ fn compiled_artifacts_are_reused_from_the_cache() {
     let second = common::runtime_with(config);
     let recompiled = second.compile(&plugin("velocity")).unwrap();
     assert_eq!(recompiled.sha256_hex(), compiled.sha256_hex());
-    assert!(std::fs::metadata(&artifact).unwrap().len() > 1_000, "the artifact was rewritten");
+    assert!(
+        std::fs::metadata(&artifact).unwrap().len() > 1_000,
+        "the artifact was rewritten"
+    );
 }

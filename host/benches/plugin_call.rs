@@ -18,10 +18,12 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use approval_host::plugin::{LoadedPlugin, PluginError, PluginIdentity, PluginLimits, PluginRuntime, RuntimeConfig};
+use approval_host::plugin::{
+    LoadedPlugin, PluginError, PluginIdentity, PluginLimits, PluginRuntime, RuntimeConfig,
+};
 use approval_host::risk::{
-    Action, Activity, ClassifyInput, CounterOffer, Decision, EffectivePolicy, History, Money, RiskRequest,
-    Verdict,
+    Action, Activity, ClassifyInput, CounterOffer, Decision, EffectivePolicy, History, Money,
+    RiskRequest, Verdict,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -80,9 +82,15 @@ fn cross_check_inputs() -> Vec<ClassifyInput> {
     let mut busy = bench_input();
     busy.history.last_hour.payments = 5;
     let mut broken = bench_input();
-    broken.policy.settings.push(("max-payments-per-hour".into(), "lots".into()));
+    broken
+        .policy
+        .settings
+        .push(("max-payments-per-hour".into(), "lots".into()));
     let mut memory = bench_input();
-    memory.request.action = Action::MemoryWrite { namespace: "family".into(), key: "list".into() };
+    memory.request.action = Action::MemoryWrite {
+        namespace: "family".into(),
+        key: "list".into(),
+    };
     vec![
         bench_input(),
         with_payment(1_000, Some(" Gambling ")),
@@ -103,7 +111,10 @@ fn expect_allow(verdict: &Verdict) {
 }
 
 fn bench_plugin_call(c: &mut Criterion) {
-    let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let rt = PluginRuntime::new(RuntimeConfig::default()).unwrap();
     let bytes = std::fs::read(VELOCITY).unwrap_or_else(|e| panic!("{VELOCITY}: {e}"));
     let compiled = rt.compile(&bytes).unwrap();
@@ -137,11 +148,18 @@ fn bench_plugin_call(c: &mut Criterion) {
             Err(PluginError::Declined { message }) => Err(message),
             Err(other) => panic!("velocity failed: {other:?}"),
         };
-        assert_eq!(native::classify(&case), plugin_answer, "the native port disagrees with velocity");
+        assert_eq!(
+            native::classify(&case),
+            plugin_answer,
+            "the native port disagrees with velocity"
+        );
     }
 
     let mut group = c.benchmark_group("plugin_call");
-    group.sample_size(100).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(100)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
 
     group.bench_function("fresh_instance_call", |b| {
         b.iter(|| tokio.block_on(rt.classify(black_box(&plugin), black_box(&input), &limits)));
@@ -153,10 +171,20 @@ fn bench_plugin_call(c: &mut Criterion) {
         b.iter(|| native::classify(black_box(&input)).unwrap());
     });
     group.bench_function("fresh_describe_call", |b| {
-        b.iter(|| tokio.block_on(rt.describe(black_box(&plugin.compiled), &limits)).unwrap());
+        b.iter(|| {
+            tokio
+                .block_on(rt.describe(black_box(&plugin.compiled), &limits))
+                .unwrap()
+        });
     });
     group.bench_function("instantiate_and_drop", |b| {
-        b.iter(|| drop(tokio.block_on(rt.reused_instance(black_box(&plugin))).unwrap()));
+        b.iter(|| {
+            drop(
+                tokio
+                    .block_on(rt.reused_instance(black_box(&plugin)))
+                    .unwrap(),
+            )
+        });
     });
     group.finish();
 }
@@ -203,7 +231,9 @@ mod native {
 
     fn blocked_merchant(category: Option<&str>, settings: &Settings<'_>) -> Option<Verdict> {
         let category = category?.trim();
-        let blocked = settings.get(SETTING_BLOCKED_CATEGORIES).unwrap_or(DEFAULT_BLOCKED_CATEGORIES);
+        let blocked = settings
+            .get(SETTING_BLOCKED_CATEGORIES)
+            .unwrap_or(DEFAULT_BLOCKED_CATEGORIES);
         let is_blocked = blocked
             .split(',')
             .map(str::trim)
@@ -218,7 +248,10 @@ mod native {
         })
     }
 
-    fn payments_per_hour(input: &ClassifyInput, settings: &Settings<'_>) -> Result<Option<Verdict>, String> {
+    fn payments_per_hour(
+        input: &ClassifyInput,
+        settings: &Settings<'_>,
+    ) -> Result<Option<Verdict>, String> {
         let max = settings
             .number(SETTING_MAX_PAYMENTS_PER_HOUR)?
             .unwrap_or(DEFAULT_MAX_PAYMENTS_PER_HOUR);
@@ -258,23 +291,42 @@ mod native {
             return Ok(None);
         }
         let remaining = limit.saturating_sub(spent);
-        let counter_offer = (remaining > 0).then(|| CounterOffer::Amount(Money::new(remaining, currency)));
+        let counter_offer =
+            (remaining > 0).then(|| CounterOffer::Amount(Money::new(remaining, currency)));
         let mut reason = format!(
             "this payment would bring the last hour's spend to {}, above the hourly limit of {}",
             money(total, currency),
             money(limit, currency),
         );
         if remaining > 0 {
-            reason.push_str(&format!("; up to {} more would be allowed", money(remaining, currency)));
+            reason.push_str(&format!(
+                "; up to {} more would be allowed",
+                money(remaining, currency)
+            ));
         }
-        Ok(Some(verdict(Decision::Escalate, RULE_HOURLY_SPEND, reason, counter_offer)))
+        Ok(Some(verdict(
+            Decision::Escalate,
+            RULE_HOURLY_SPEND,
+            reason,
+            counter_offer,
+        )))
     }
 
     fn no_rule_fired() -> Verdict {
-        verdict(Decision::Allow, "", "no velocity rule fired".to_string(), None)
+        verdict(
+            Decision::Allow,
+            "",
+            "no velocity rule fired".to_string(),
+            None,
+        )
     }
 
-    fn verdict(decision: Decision, rule_id: &str, mut reason: String, counter_offer: Option<CounterOffer>) -> Verdict {
+    fn verdict(
+        decision: Decision,
+        rule_id: &str,
+        mut reason: String,
+        counter_offer: Option<CounterOffer>,
+    ) -> Verdict {
         if reason.len() > MAX_REASON_BYTES {
             let mut end = MAX_REASON_BYTES;
             while !reason.is_char_boundary(end) {
@@ -295,7 +347,11 @@ mod native {
 
     impl<'a> Settings<'a> {
         fn get(&self, key: &str) -> Option<&'a str> {
-            self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+            self.0
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
         }
 
         fn number(&self, key: &str) -> Result<Option<u64>, String> {
@@ -312,8 +368,8 @@ mod native {
 
     fn money(minor_units: u64, currency: &str) -> String {
         let decimals: u32 = match currency {
-            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "UYI"
-            | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF"
+            | "UGX" | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
             "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
             _ => 2,
         };

@@ -99,13 +99,23 @@ pub async fn postgres() -> TestDb {
     let schema = format!(
         "t_{}_{}",
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     );
     let mut conn = sqlx::AnyConnection::connect(&postgres_url())
         .await
         .expect("PostgreSQL must be running for the store tests (see README)");
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.unwrap();
-    let sep = if postgres_url().contains('?') { '&' } else { '?' };
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let sep = if postgres_url().contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     let url = format!("{}{sep}options=-c%20search_path%3D{schema}", postgres_url());
     TestDb {
         db: Db::connect(&url).await.unwrap(),

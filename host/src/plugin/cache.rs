@@ -63,11 +63,16 @@ impl ArtifactCache {
 
     /// Saves a compiled component. Failures only cost a recompilation later, so they are logged.
     pub(crate) fn store(&self, sha256_hex: &str, component: &Component) {
-        let result = component.serialize().map_err(io::Error::other).and_then(|bytes| {
-            let tmp = self.dir.join(format!(".{sha256_hex}.{}.tmp", std::process::id()));
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, self.path(sha256_hex))
-        });
+        let result = component
+            .serialize()
+            .map_err(io::Error::other)
+            .and_then(|bytes| {
+                let tmp = self
+                    .dir
+                    .join(format!(".{sha256_hex}.{}.tmp", std::process::id()));
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(&tmp, self.path(sha256_hex))
+            });
         if let Err(err) = result {
             tracing::warn!(error = %err, "could not cache a compiled plugin");
         }

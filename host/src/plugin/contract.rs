@@ -45,10 +45,15 @@ pub fn check_info(info: &PluginInfo) -> Result<(), String> {
         return Err("version must be 1-64 bytes".to_owned());
     }
     if info.rules.is_empty() {
-        return Err("it declares no rules; a verdict that escalates or denies must name one".into());
+        return Err(
+            "it declares no rules; a verdict that escalates or denies must name one".into(),
+        );
     }
     if info.rules.len() > MAX_RULES {
-        return Err(format!("it declares {} rules; at most {MAX_RULES}", info.rules.len()));
+        return Err(format!(
+            "it declares {} rules; at most {MAX_RULES}",
+            info.rules.len()
+        ));
     }
     for (i, rule) in info.rules.iter().enumerate() {
         if !is_rule_id(&rule.id) {
@@ -62,7 +67,10 @@ pub fn check_info(info: &PluginInfo) -> Result<(), String> {
             return Err(format!("rule id {:?} is declared twice", rule.id));
         }
         if rule.description.len() > MAX_REASON_BYTES {
-            return Err(format!("rule {:?} has a description over {MAX_REASON_BYTES} bytes", rule.id));
+            return Err(format!(
+                "rule {:?} has a description over {MAX_REASON_BYTES} bytes",
+                rule.id
+            ));
         }
     }
     Ok(())
@@ -72,12 +80,19 @@ pub fn check_info(info: &PluginInfo) -> Result<(), String> {
 ///
 /// # Errors
 /// A sentence naming the first problem found.
-pub fn check_verdict(verdict: &Verdict, info: &PluginInfo, request: &RiskRequest) -> Result<(), String> {
+pub fn check_verdict(
+    verdict: &Verdict,
+    info: &PluginInfo,
+    request: &RiskRequest,
+) -> Result<(), String> {
     let declared = info.rules.iter().any(|r| r.id == verdict.rule_id);
     match verdict.decision {
         Decision::Allow if verdict.rule_id.is_empty() || declared => {}
         _ if verdict.rule_id.is_empty() => {
-            return Err(format!("a {} verdict must name a rule", verdict.decision.as_str()));
+            return Err(format!(
+                "a {} verdict must name a rule",
+                verdict.decision.as_str()
+            ));
         }
         _ if !declared => {
             return Err(format!(
@@ -101,7 +116,10 @@ pub fn check_verdict(verdict: &Verdict, info: &PluginInfo, request: &RiskRequest
             return Err("a TTL only makes sense with an escalation".to_owned());
         }
         if ttl < TTL_RANGE.0 || ttl > TTL_RANGE.1 {
-            return Err(format!("a TTL of {}s is outside 1s..=86400s", ttl.as_secs()));
+            return Err(format!(
+                "a TTL of {}s is outside 1s..=86400s",
+                ttl.as_secs()
+            ));
         }
     }
     match (&verdict.counter_offer, &request.action) {
@@ -175,7 +193,10 @@ mod tests {
     #[test]
     fn a_verdict_must_name_a_declared_rule() {
         let err = check_verdict(&escalate("made.up"), &info(), &payment(1)).unwrap_err();
-        assert_eq!(err, "rule \"made.up\" is not one of the rules describe() declared");
+        assert_eq!(
+            err,
+            "rule \"made.up\" is not one of the rules describe() declared"
+        );
         assert!(check_verdict(&escalate("velocity.hourly-spend"), &info(), &payment(1)).is_ok());
         let err = check_verdict(&escalate(""), &info(), &payment(1)).unwrap_err();
         assert_eq!(err, "a escalate verdict must name a rule");

@@ -44,9 +44,9 @@ impl PluginError {
     /// Whose fault this is.
     pub fn fault(&self) -> Fault {
         match self {
-            PluginError::InputTooLarge { .. } | PluginError::Busy { .. } | PluginError::Host { .. } => {
-                Fault::Host
-            }
+            PluginError::InputTooLarge { .. }
+            | PluginError::Busy { .. }
+            | PluginError::Host { .. } => Fault::Host,
             _ => Fault::Guest,
         }
     }
@@ -89,9 +89,15 @@ pub enum UploadError {
         "the component does not implement the `risk-classifier` world: it must export \
          `{expected}`, but it exports {found}"
     )]
-    MissingExport { expected: &'static str, found: String },
+    MissingExport {
+        expected: &'static str,
+        found: String,
+    },
     #[error("the component's `{export}` export does not match wit/risk-classifier.wit: {detail}")]
-    WrongSignature { export: &'static str, detail: String },
+    WrongSignature {
+        export: &'static str,
+        detail: String,
+    },
     #[error(
         "the component imports `{import}`, which the host does not provide: plugins may import \
          only WASI interfaces (wasi:*)"
@@ -124,8 +130,17 @@ mod tests {
 
     #[test]
     fn host_faults_are_not_blamed_on_the_vendor() {
-        assert_eq!(PluginError::Busy { waited: Duration::ZERO }.fault(), Fault::Host);
+        assert_eq!(
+            PluginError::Busy {
+                waited: Duration::ZERO
+            }
+            .fault(),
+            Fault::Host
+        );
         assert_eq!(PluginError::StackOverflow.fault(), Fault::Guest);
-        assert_eq!(PluginError::OutOfFuel { limit: 1 }.code(), "plugin_out_of_fuel");
+        assert_eq!(
+            PluginError::OutOfFuel { limit: 1 }.code(),
+            "plugin_out_of_fuel"
+        );
     }
 }

@@ -150,17 +150,28 @@ impl PluginRegistry {
     ) -> Result<PluginVersion, RegistryError> {
         let limit = self.runtime.config().max_component_bytes;
         if bytes.len() > limit {
-            return Err(UploadError::TooLarge { bytes: bytes.len(), limit }.into());
+            return Err(UploadError::TooLarge {
+                bytes: bytes.len(),
+                limit,
+            }
+            .into());
         }
         let signed = match store::plugins::signing_key(&self.db, vendor).await? {
             Some(key) => {
-                verify_signature(&key, bytes, signature.ok_or(UploadError::SignatureRequired)?)?;
+                verify_signature(
+                    &key,
+                    bytes,
+                    signature.ok_or(UploadError::SignatureRequired)?,
+                )?;
                 true
             }
             None => false,
         };
         let compiled = self.compile(bytes.to_vec()).await?;
-        let info = self.runtime.describe(&compiled, &self.describe_limits).await?;
+        let info = self
+            .runtime
+            .describe(&compiled, &self.describe_limits)
+            .await?;
         let sha256 = compiled.sha256_hex();
         let stored = store::plugins::insert_version(
             &self.db,
@@ -185,7 +196,11 @@ impl PluginRegistry {
     ///
     /// # Errors
     /// A database failure.
-    pub async fn set_signing_key(&self, vendor: &str, public_key: [u8; 32]) -> Result<(), RegistryError> {
+    pub async fn set_signing_key(
+        &self,
+        vendor: &str,
+        public_key: [u8; 32],
+    ) -> Result<(), RegistryError> {
         store::plugins::set_signing_key(&self.db, vendor, &public_key).await?;
         Ok(())
     }
@@ -210,7 +225,8 @@ impl PluginRegistry {
         now_ms: u64,
     ) -> Result<PluginVersion, RegistryError> {
         let _order = self.changes.lock().await;
-        self.change_state(vendor, name, version, state, now_ms).await
+        self.change_state(vendor, name, version, state, now_ms)
+            .await
     }
 
     /// Reactivates the version that was active before the current one (an undo of the last
@@ -218,9 +234,16 @@ impl PluginRegistry {
     ///
     /// # Errors
     /// There is no active version or no earlier activation, or a database failure.
-    pub async fn rollback(&self, vendor: &str, name: &str, now_ms: u64) -> Result<PluginVersion, RegistryError> {
+    pub async fn rollback(
+        &self,
+        vendor: &str,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<PluginVersion, RegistryError> {
         let _order = self.changes.lock().await;
-        let nothing = || RegistryError::NothingToRollBack { name: name.to_owned() };
+        let nothing = || RegistryError::NothingToRollBack {
+            name: name.to_owned(),
+        };
         let current = store::plugins::versions(&self.db, vendor)
             .await?
             .into_iter()
@@ -229,7 +252,8 @@ impl PluginRegistry {
         let previous = store::plugins::previous_activation(&self.db, vendor, name, current.version)
             .await?
             .ok_or_else(nothing)?;
-        self.change_state(vendor, name, previous, PluginState::Active, now_ms).await
+        self.change_state(vendor, name, previous, PluginState::Active, now_ms)
+            .await
     }
 
     async fn change_state(
@@ -242,7 +266,10 @@ impl PluginRegistry {
     ) -> Result<PluginVersion, RegistryError> {
         let changed = store::plugins::set_state(&self.db, (vendor, name, version), state, now_ms)
             .await?
-            .ok_or_else(|| RegistryError::NotFound { name: name.to_owned(), version })?;
+            .ok_or_else(|| RegistryError::NotFound {
+                name: name.to_owned(),
+                version,
+            })?;
         self.refresh(vendor).await?;
         Ok(changed)
     }
@@ -270,7 +297,12 @@ impl PluginRegistry {
     }
 
     async fn compiled_for(&self, sha256: &str) -> Result<CompiledPlugin, RegistryError> {
-        let known = self.compiled.lock().unwrap_or_else(PoisonError::into_inner).get(sha256).cloned();
+        let known = self
+            .compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sha256)
+            .cloned();
         if let Some(compiled) = known {
             return Ok(compiled);
         }
@@ -278,7 +310,9 @@ impl PluginRegistry {
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("component {sha256} is missing")))?;
         if hex::encode(Sha256::digest(&bytes)) != sha256 {
-            return Err(StoreError::Corrupt(format!("component {sha256} does not match its hash")).into());
+            return Err(
+                StoreError::Corrupt(format!("component {sha256} does not match its hash")).into(),
+            );
         }
         let compiled = self.compile(bytes).await?;
         self.compiled
@@ -301,5 +335,6 @@ impl PluginRegistry {
 fn verify_signature(key: &[u8; 32], bytes: &[u8], signature: &[u8]) -> Result<(), UploadError> {
     let key = VerifyingKey::from_bytes(key).map_err(|_| UploadError::BadSignature)?;
     let signature = Signature::from_slice(signature).map_err(|_| UploadError::BadSignature)?;
-    key.verify_strict(bytes, &signature).map_err(|_| UploadError::BadSignature)
+    key.verify_strict(bytes, &signature)
+        .map_err(|_| UploadError::BadSignature)
 }

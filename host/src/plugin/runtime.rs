@@ -13,7 +13,10 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, ResourceType};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 
 use super::cache::ArtifactCache;
 use super::contract;
@@ -90,7 +93,9 @@ struct CompiledInner {
 
 impl std::fmt::Debug for CompiledPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledPlugin").field("sha256", &self.sha256_hex()).finish()
+        f.debug_struct("CompiledPlugin")
+            .field("sha256", &self.sha256_hex())
+            .finish()
     }
 }
 
@@ -140,7 +145,9 @@ pub struct PluginRuntime {
 
 impl std::fmt::Debug for PluginRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRuntime").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("PluginRuntime")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -237,13 +244,17 @@ impl PluginRuntime {
         check_envelope(bytes, self.config.max_component_bytes)?;
         let sha256: [u8; 32] = Sha256::digest(bytes).into();
         let sha_hex = hex::encode(sha256);
-        let cached = self.cache.as_ref().and_then(|c| c.load(&self.engine, &sha_hex));
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.load(&self.engine, &sha_hex));
         let component = match cached {
             Some(component) => component,
             None => {
-                let component = Component::new(&self.engine, bytes).map_err(|e| UploadError::Invalid {
-                    detail: first_line(&format!("{e:?}")),
-                })?;
+                let component =
+                    Component::new(&self.engine, bytes).map_err(|e| UploadError::Invalid {
+                        detail: first_line(&format!("{e:?}")),
+                    })?;
                 if let Some(cache) = &self.cache {
                     cache.store(&sha_hex, &component);
                 }
@@ -260,17 +271,29 @@ impl PluginRuntime {
         let ty = component.component_type();
         for (name, _) in ty.imports(&self.engine) {
             if !(name.starts_with("wasi:") || name.starts_with("approval:risk/types@")) {
-                return Err(UploadError::ForbiddenImport { import: name.to_owned() });
+                return Err(UploadError::ForbiddenImport {
+                    import: name.to_owned(),
+                });
             }
         }
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
         if !exports.iter().any(|n| n == CLASSIFIER_EXPORT) {
             let found = if exports.is_empty() {
                 "nothing".to_owned()
             } else {
-                exports.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+                exports
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
-            return Err(UploadError::MissingExport { expected: CLASSIFIER_EXPORT, found });
+            return Err(UploadError::MissingExport {
+                expected: CLASSIFIER_EXPORT,
+                found,
+            });
         }
         let mut linker = self.linker.clone();
         let host_err = |e: wasmtime::Error| UploadError::WrongSignature {
@@ -302,9 +325,14 @@ impl PluginRuntime {
             Err(err) => return Err(UploadError::DescribeFailed(err)),
         };
         let (info, size) = wit::plugin_info(raw);
-        let limit = limits.clamped_to(&self.config.platform_max).max_output_bytes;
+        let limit = limits
+            .clamped_to(&self.config.platform_max)
+            .max_output_bytes;
         if size > limit {
-            return Err(UploadError::DescribeFailed(PluginError::OutputTooLarge { bytes: size, limit }));
+            return Err(UploadError::DescribeFailed(PluginError::OutputTooLarge {
+                bytes: size,
+                limit,
+            }));
         }
         contract::check_info(&info).map_err(|problem| UploadError::BadDescription { problem })?;
         Ok(info)
@@ -330,7 +358,10 @@ impl PluginRuntime {
         let size = wit::input_size(input);
         if size > limits.max_input_bytes {
             let refused = Invocation::refused();
-            let err = PluginError::InputTooLarge { bytes: size, limit: limits.max_input_bytes };
+            let err = PluginError::InputTooLarge {
+                bytes: size,
+                limit: limits.max_input_bytes,
+            };
             return report(refused, Err(err));
         }
         let spec = SandboxSpec {
@@ -338,8 +369,13 @@ impl PluginRuntime {
             now_ms: input.request.requested_at_ms,
         };
         let wit_input = wit::classify_input(input);
-        let mut invocation = self.invoke(&plugin.compiled, &spec, &limits, Ask::Classify(&wit_input)).await;
-        let outcome = match std::mem::replace(&mut invocation.answer, Ok(Answer::Verdict(Err(String::new())))) {
+        let mut invocation = self
+            .invoke(&plugin.compiled, &spec, &limits, Ask::Classify(&wit_input))
+            .await;
+        let outcome = match std::mem::replace(
+            &mut invocation.answer,
+            Ok(Answer::Verdict(Err(String::new()))),
+        ) {
             Err(err) => Err(err),
             Ok(Answer::Info(_)) => unreachable_answer(),
             Ok(Answer::Verdict(Err(message))) => Err(PluginError::Declined {
@@ -348,7 +384,10 @@ impl PluginRuntime {
             Ok(Answer::Verdict(Ok(raw))) => {
                 let (verdict, size) = wit::verdict(raw);
                 if size > limits.max_output_bytes {
-                    Err(PluginError::OutputTooLarge { bytes: size, limit: limits.max_output_bytes })
+                    Err(PluginError::OutputTooLarge {
+                        bytes: size,
+                        limit: limits.max_output_bytes,
+                    })
                 } else {
                     contract::check_verdict(&verdict, &plugin.info, &input.request)
                         .map(|()| verdict)
@@ -386,12 +425,19 @@ impl PluginRuntime {
         };
         let started = Instant::now();
         let deadline = started + limits.deadline;
-        let state = CallState::new(spec, &compiled.inner.sha256, limits.memory_bytes, limits.log_bytes);
+        let state = CallState::new(
+            spec,
+            &compiled.inner.sha256,
+            limits.memory_bytes,
+            limits.log_bytes,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         if let Err(err) = store.set_fuel(limits.fuel) {
             let mut refused = Invocation::refused();
-            refused.answer = Err(PluginError::Host { message: err.to_string() });
+            refused.answer = Err(PluginError::Host {
+                message: err.to_string(),
+            });
             return refused;
         }
         store.set_epoch_deadline(1);
@@ -407,7 +453,10 @@ impl PluginRuntime {
             let guest = instance.approval_risk_classifier();
             match ask {
                 Ask::Describe => guest.call_describe(&mut store).await.map(Answer::Info),
-                Ask::Classify(input) => guest.call_classify(&mut store, input).await.map(Answer::Verdict),
+                Ask::Classify(input) => guest
+                    .call_classify(&mut store, input)
+                    .await
+                    .map(Answer::Verdict),
             }
         };
         // The epoch callback stops guest code; this timeout also stops a guest blocked in a host
@@ -418,7 +467,9 @@ impl PluginRuntime {
         let (log, log_truncated) = store.data().log.take();
         drop(store);
         let answer = match result {
-            Err(_elapsed) => Err(PluginError::Deadline { limit: limits.deadline }),
+            Err(_elapsed) => Err(PluginError::Deadline {
+                limit: limits.deadline,
+            }),
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(err)) => Err(failure(&err, memory_refused, &limits)),
         };
@@ -452,16 +503,35 @@ impl PluginRuntime {
     /// # Errors
     /// Instantiation failed.
     #[doc(hidden)]
-    pub async fn reused_instance(&self, plugin: &LoadedPlugin) -> Result<ReusedInstance, PluginError> {
+    pub async fn reused_instance(
+        &self,
+        plugin: &LoadedPlugin,
+    ) -> Result<ReusedInstance, PluginError> {
         let limits = PluginLimits::default();
-        let spec = SandboxSpec { seed: "reused".to_owned(), now_ms: 0 };
-        let state = CallState::new(&spec, &plugin.compiled.inner.sha256, limits.memory_bytes, limits.log_bytes);
+        let spec = SandboxSpec {
+            seed: "reused".to_owned(),
+            now_ms: 0,
+        };
+        let state = CallState::new(
+            &spec,
+            &plugin.compiled.inner.sha256,
+            limits.memory_bytes,
+            limits.log_bytes,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        let host = |e: wasmtime::Error| PluginError::Host { message: e.to_string() };
+        let host = |e: wasmtime::Error| PluginError::Host {
+            message: e.to_string(),
+        };
         store.set_fuel(u64::MAX).map_err(host)?;
         store.set_epoch_deadline(u64::MAX / 2);
-        let instance = plugin.compiled.inner.pre.instantiate_async(&mut store).await.map_err(host)?;
+        let instance = plugin
+            .compiled
+            .inner
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(host)?;
         Ok(ReusedInstance { store, instance })
     }
 }
@@ -472,7 +542,9 @@ impl ReusedInstance {
     /// # Errors
     /// The call trapped or the plugin declined.
     pub async fn classify(&mut self, input: &ClassifyInput) -> Result<Verdict, PluginError> {
-        let host = |e: wasmtime::Error| PluginError::Host { message: e.to_string() };
+        let host = |e: wasmtime::Error| PluginError::Host {
+            message: e.to_string(),
+        };
         self.store.set_fuel(u64::MAX).map_err(host)?;
         let input = wit::classify_input(input);
         let answer = self
@@ -491,7 +563,9 @@ impl Invocation {
     /// An invocation the host refused before any guest code ran.
     fn refused() -> Self {
         Self {
-            answer: Err(PluginError::Host { message: String::new() }),
+            answer: Err(PluginError::Host {
+                message: String::new(),
+            }),
             fuel_used: 0,
             wall_time: Duration::ZERO,
             log: String::new(),
@@ -507,19 +581,32 @@ fn unreachable_answer() -> ! {
 /// Maps a wasmtime error from a guest call to the plugin error it stands for.
 fn failure(err: &wasmtime::Error, memory_refused: bool, limits: &PluginLimits) -> PluginError {
     if err.is::<DeadlineReached>() {
-        return PluginError::Deadline { limit: limits.deadline };
+        return PluginError::Deadline {
+            limit: limits.deadline,
+        };
     }
     if err.is::<wasmtime::PoolConcurrencyLimitError>() {
-        return PluginError::Host { message: err.to_string() };
+        return PluginError::Host {
+            message: err.to_string(),
+        };
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => PluginError::OutOfFuel { limit: limits.fuel },
         Some(Trap::StackOverflow) => PluginError::StackOverflow,
-        Some(Trap::Interrupt) => PluginError::Deadline { limit: limits.deadline },
-        _ if memory_refused => PluginError::OutOfMemory { limit_bytes: limits.memory_bytes },
-        Some(trap) => PluginError::Trap { message: trap.to_string() },
+        Some(Trap::Interrupt) => PluginError::Deadline {
+            limit: limits.deadline,
+        },
+        _ if memory_refused => PluginError::OutOfMemory {
+            limit_bytes: limits.memory_bytes,
+        },
+        Some(trap) => PluginError::Trap {
+            message: trap.to_string(),
+        },
         None => PluginError::Trap {
-            message: truncate(&first_line(&err.root_cause().to_string()), contract::MAX_REASON_BYTES),
+            message: truncate(
+                &first_line(&err.root_cause().to_string()),
+                contract::MAX_REASON_BYTES,
+            ),
         },
     }
 }
@@ -586,7 +673,9 @@ fn stub_unserved_imports(
                 ComponentItem::ComponentFunc(_) => {
                     let what = format!("{name}#{export}");
                     stubs.func_new(export, move |_, _, _, _| {
-                        Err(wasmtime::format_err!("the sandbox does not provide `{what}`"))
+                        Err(wasmtime::format_err!(
+                            "the sandbox does not provide `{what}`"
+                        ))
                     })?;
                 }
                 ComponentItem::Resource(_) => {
@@ -605,7 +694,10 @@ fn check_envelope(bytes: &[u8], max: usize) -> Result<(), UploadError> {
         return Err(UploadError::Empty);
     }
     if bytes.len() > max {
-        return Err(UploadError::TooLarge { bytes: bytes.len(), limit: max });
+        return Err(UploadError::TooLarge {
+            bytes: bytes.len(),
+            limit: max,
+        });
     }
     match bytes.get(..8) {
         Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(UploadError::CoreModule),
@@ -672,12 +764,21 @@ mod tests {
     #[test]
     fn envelopes_are_told_apart() {
         assert_eq!(check_envelope(b"", 10), Err(UploadError::Empty));
-        assert_eq!(check_envelope(b"hello world", 100), Err(UploadError::NotWasm));
-        assert_eq!(check_envelope(b"\0asm\x01\0\0\0", 100), Err(UploadError::CoreModule));
+        assert_eq!(
+            check_envelope(b"hello world", 100),
+            Err(UploadError::NotWasm)
+        );
+        assert_eq!(
+            check_envelope(b"\0asm\x01\0\0\0", 100),
+            Err(UploadError::CoreModule)
+        );
         assert_eq!(check_envelope(b"\0asm\x0d\0\x01\0", 100), Ok(()));
         assert_eq!(
             check_envelope(&[0; 11], 10),
-            Err(UploadError::TooLarge { bytes: 11, limit: 10 })
+            Err(UploadError::TooLarge {
+                bytes: 11,
+                limit: 10
+            })
         );
     }
 

@@ -49,7 +49,12 @@ impl std::fmt::Debug for CallState {
 
 impl CallState {
     /// A fresh sandbox for one call.
-    pub(crate) fn new(spec: &SandboxSpec, component_sha256: &[u8; 32], memory_bytes: usize, log_bytes: usize) -> Self {
+    pub(crate) fn new(
+        spec: &SandboxSpec,
+        component_sha256: &[u8; 32],
+        memory_bytes: usize,
+        log_bytes: usize,
+    ) -> Self {
         let seed: [u8; 32] = Sha256::new()
             .chain_update(b"approval-host sandbox seed v1\0")
             .chain_update(component_sha256)
@@ -148,7 +153,9 @@ impl ResourceLimiter for CallLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let after = self.memory_used.saturating_add(desired.saturating_sub(current));
+        let after = self
+            .memory_used
+            .saturating_add(desired.saturating_sub(current));
         if after > self.memory_limit {
             self.memory_refused = true;
             return Ok(false);

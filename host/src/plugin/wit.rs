@@ -112,7 +112,9 @@ pub fn input_size(input: &risk::ClassifyInput) -> usize {
             amount,
             recipient,
             merchant_category,
-        } => money_size(amount) + recipient.len() + merchant_category.as_ref().map_or(0, String::len),
+        } => {
+            money_size(amount) + recipient.len() + merchant_category.as_ref().map_or(0, String::len)
+        }
         risk::Action::CredentialPut { service, category } => service.len() + category.len(),
         risk::Action::MemoryWrite { namespace, key } => namespace.len() + key.len(),
         risk::Action::CapabilityMint { capability, .. } => capability.len() + 16,
@@ -126,8 +128,14 @@ pub fn input_size(input: &risk::ClassifyInput) -> usize {
         + r.device_context.iter().map(String::len).sum::<usize>()
         + action
         + p.spend_thresholds.iter().map(money_size).sum::<usize>()
-        + p.sensitive_categories.iter().map(String::len).sum::<usize>()
-        + p.settings.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + p.sensitive_categories
+            .iter()
+            .map(String::len)
+            .sum::<usize>()
+        + p.settings
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
         + spends(&input.history.last_hour)
         + spends(&input.history.last_day)
         + 64
@@ -150,7 +158,9 @@ pub fn verdict(v: w::Verdict) -> (risk::Verdict, usize) {
         },
         rule_id: v.rule_id,
         reason: v.reason,
-        ttl: v.ttl_seconds.map(|s| std::time::Duration::from_secs(u64::from(s))),
+        ttl: v
+            .ttl_seconds
+            .map(|s| std::time::Duration::from_secs(u64::from(s))),
         counter_offer: v.counter_offer.map(|c| match c {
             w::CounterOffer::Amount(m) => risk::CounterOffer::Amount(money_back(m)),
             w::CounterOffer::ParamsJson(p) => risk::CounterOffer::ParamsJson(p),
@@ -163,7 +173,10 @@ pub fn verdict(v: w::Verdict) -> (risk::Verdict, usize) {
 pub fn plugin_info(i: w::PluginInfo) -> (risk::PluginInfo, usize) {
     let size = i.name.len()
         + i.version.len()
-        + i.rules.iter().map(|r| r.id.len() + r.description.len()).sum::<usize>();
+        + i.rules
+            .iter()
+            .map(|r| r.id.len() + r.description.len())
+            .sum::<usize>();
     let info = risk::PluginInfo {
         name: i.name,
         version: i.version,

@@ -21,7 +21,11 @@ fn info_to_json(info: &PluginInfo) -> String {
     let record = InfoRecord {
         name: info.name.clone(),
         version: info.version.clone(),
-        rules: info.rules.iter().map(|r| (r.id.clone(), r.description.clone())).collect(),
+        rules: info
+            .rules
+            .iter()
+            .map(|r| (r.id.clone(), r.description.clone()))
+            .collect(),
     };
     serde_json::to_string(&record).unwrap_or_default()
 }
@@ -138,7 +142,9 @@ pub async fn insert_version(db: &Db, new: &NewVersion<'_>) -> Result<PluginVersi
             Err(err) => return Err(err),
         }
     }
-    Err(StoreError::Corrupt("could not allocate a plugin version number".to_owned()))
+    Err(StoreError::Corrupt(
+        "could not allocate a plugin version number".to_owned(),
+    ))
 }
 
 /// One version of a vendor's plugin.
@@ -201,10 +207,14 @@ pub async fn live_versions(db: &Db, vendor: &str) -> Result<Vec<PluginVersion>, 
 /// # Errors
 /// A database failure.
 pub async fn vendors_with_live_versions(db: &Db) -> Result<Vec<String>, StoreError> {
-    let rows = sqlx::query("SELECT DISTINCT vendor FROM plugin_versions WHERE state <> 'inactive' ORDER BY vendor")
-        .fetch_all(db.pool())
-        .await?;
-    rows.iter().map(|r| r.try_get("vendor").map_err(StoreError::from)).collect()
+    let rows = sqlx::query(
+        "SELECT DISTINCT vendor FROM plugin_versions WHERE state <> 'inactive' ORDER BY vendor",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| r.try_get("vendor").map_err(StoreError::from))
+        .collect()
 }
 
 /// The component bytes with this sha256.
@@ -259,13 +269,15 @@ pub async fn set_state(
         return Ok(None);
     };
     if state == PluginState::Active {
-        sqlx::query("INSERT INTO plugin_activations (vendor, name, version, at_ms) VALUES ($1, $2, $3, $4)")
-            .bind(vendor)
-            .bind(name)
-            .bind(i64::from(version))
-            .bind(i64::try_from(now_ms).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO plugin_activations (vendor, name, version, at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(vendor)
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(i64::try_from(now_ms).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     version_of(&row).map(Some)
@@ -290,14 +302,19 @@ pub async fn previous_activation(
     .bind(i64::from(current))
     .fetch_optional(db.pool())
     .await?;
-    row.map(|r| u32_of(r.try_get("version")?, "version")).transpose()
+    row.map(|r| u32_of(r.try_get("version")?, "version"))
+        .transpose()
 }
 
 /// Registers (or replaces) a vendor's Ed25519 public key for signed uploads.
 ///
 /// # Errors
 /// A database failure.
-pub async fn set_signing_key(db: &Db, vendor: &str, public_key: &[u8; 32]) -> Result<(), StoreError> {
+pub async fn set_signing_key(
+    db: &Db,
+    vendor: &str,
+    public_key: &[u8; 32],
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO plugin_signing_keys (vendor, public_key) VALUES ($1, $2) \
          ON CONFLICT (vendor) DO UPDATE SET public_key = excluded.public_key",
@@ -321,6 +338,7 @@ pub async fn signing_key(db: &Db, vendor: &str) -> Result<Option<[u8; 32]>, Stor
     let Some(row) = row else { return Ok(None) };
     let text: String = row.try_get("public_key")?;
     let mut key = [0u8; 32];
-    hex::decode_to_slice(&text, &mut key).map_err(|e| StoreError::Corrupt(format!("signing key: {e}")))?;
+    hex::decode_to_slice(&text, &mut key)
+        .map_err(|e| StoreError::Corrupt(format!("signing key: {e}")))?;
     Ok(Some(key))
 }

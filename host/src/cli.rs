@@ -1,0 +1,271 @@
+//! The command line: vendor tools for plugins, and the demo.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use approval_host::plugin::registry::{PluginRegistry, PluginState};
+use approval_host::plugin::{
+    CallReport, LoadedPlugin, PluginIdentity, PluginLimits, PluginRuntime, RuntimeConfig,
+};
+use approval_host::risk::{
+    Action, ClassifyInput, CounterOffer, EffectivePolicy, History, Money, RiskRequest,
+};
+use approval_host::store::Db;
+
+/// The example plugin, built from plugins/velocity by the build script.
+const EXAMPLE_PLUGIN: &[u8] =
+    include_bytes!(concat!(env!("APPROVAL_HOST_PLUGINS_DIR"), "/velocity.wasm"));
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "approval-host",
+    version,
+    about = "The approval host for AI agents' risky actions"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Tools for vendors writing risk plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Sets up a demo vendor with the example plugin on SQLite and classifies sample requests.
+    Demo {
+        /// Where the demo keeps its SQLite database and compiled-plugin cache.
+        #[arg(long, default_value = "approval-host-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PluginCommand {
+    /// Validates a component the way an upload does and prints what it declares.
+    Check {
+        /// The component (.wasm) to check.
+        file: PathBuf,
+    },
+    /// Classifies one payment with a component, in the same sandbox as production.
+    Try {
+        /// The component (.wasm) to run.
+        file: PathBuf,
+        /// The amount in minor units (60000 is ¥600.00).
+        #[arg(long)]
+        amount: u64,
+        /// ISO 4217 currency.
+        #[arg(long, default_value = "CNY")]
+        currency: String,
+        /// The recipient's merchant category.
+        #[arg(long)]
+        category: Option<String>,
+        /// Payments the actor made in the last hour (history).
+        #[arg(long, default_value_t = 0)]
+        payments_last_hour: u32,
+        /// Spend approved in the last hour, in minor units of the same currency (history).
+        #[arg(long, default_value_t = 0)]
+        spent_last_hour: u64,
+        /// A policy setting for the plugin, KEY=VALUE; repeatable.
+        #[arg(long = "setting", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
+    },
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Whatever the command failed on, in words for the person at the terminal.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Plugin(PluginCommand::Check { file }) => check(&file).await,
+        Command::Plugin(PluginCommand::Try {
+            file,
+            amount,
+            currency,
+            category,
+            payments_last_hour,
+            spent_last_hour,
+            settings,
+        }) => {
+            let rt = runtime(None)?;
+            let plugin = load(&rt, &file).await?;
+            let mut input = payment("try-1", Money::new(amount, &currency), category);
+            input.policy.settings = settings;
+            input.history.last_hour.payments = payments_last_hour;
+            input.history.last_hour.approved_spend = vec![Money::new(spent_last_hour, &currency)];
+            print_report(&rt.classify(&plugin, &input, &PluginLimits::default()).await);
+            Ok(())
+        }
+        Command::Demo { data_dir } => demo(&data_dir).await,
+    }
+}
+
+fn runtime(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<PluginRuntime>> {
+    Ok(Arc::new(PluginRuntime::new(RuntimeConfig {
+        cache_dir,
+        ..RuntimeConfig::default()
+    })?))
+}
+
+async fn load(rt: &PluginRuntime, file: &Path) -> anyhow::Result<LoadedPlugin> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let compiled = rt.compile(&bytes)?;
+    let info = rt.describe(&compiled, &PluginLimits::default()).await?;
+    Ok(LoadedPlugin {
+        identity: PluginIdentity {
+            vendor: "local".into(),
+            name: info.name.clone(),
+            version: 0,
+            sha256: compiled.sha256_hex(),
+        },
+        info,
+        compiled,
+    })
+}
+
+async fn check(file: &Path) -> anyhow::Result<()> {
+    let plugin = load(&*runtime(None)?, file).await?;
+    println!(
+        "ok: {} {} (sha256 {})",
+        plugin.info.name, plugin.info.version, plugin.identity.sha256
+    );
+    for rule in &plugin.info.rules {
+        println!("  rule {:<32} {}", rule.id, rule.description);
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+fn payment(id: &str, amount: Money, category: Option<String>) -> ClassifyInput {
+    ClassifyInput {
+        request: RiskRequest {
+            id: id.into(),
+            vendor: "demo-toys".into(),
+            actor: "teddy".into(),
+            device_context: vec!["family-context".into()],
+            action: Action::Payment {
+                amount,
+                recipient: "toy-shop".into(),
+                merchant_category: category,
+            },
+            requested_at_ms: now_ms(),
+        },
+        policy: EffectivePolicy::default(),
+        history: History::default(),
+    }
+}
+
+fn print_report(report: &CallReport) {
+    match &report.outcome {
+        Ok(verdict) => {
+            let rule = if verdict.rule_id.is_empty() {
+                "-"
+            } else {
+                &verdict.rule_id
+            };
+            println!(
+                "  verdict  {} (rule {rule}): {}",
+                verdict.decision.as_str(),
+                verdict.reason
+            );
+            if let Some(CounterOffer::Amount(m)) = &verdict.counter_offer {
+                println!("  counter-offer  {} {}", m.minor_units, m.currency);
+            }
+        }
+        Err(err) => println!("  failed   [{}] {err}", err.code()),
+    }
+    println!(
+        "  plugin   {} v{} sha256 {}…  fuel {}  time {:?}",
+        report.plugin.name,
+        report.plugin.version,
+        &report.plugin.sha256[..12.min(report.plugin.sha256.len())],
+        report.fuel_used,
+        report.wall_time
+    );
+    if !report.log.is_empty() {
+        println!("  log      {}", report.log.trim_end());
+    }
+}
+
+async fn demo(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("approval-host.db").display()
+    );
+    let db = Db::connect(&url).await?;
+    let registry = PluginRegistry::open(runtime(Some(data_dir.join("plugin-cache")))?, db).await?;
+    let vendor = "demo-toys";
+    let uploaded = registry
+        .upload(vendor, EXAMPLE_PLUGIN, None, now_ms())
+        .await?;
+    registry
+        .set_state(
+            vendor,
+            (&uploaded.name, uploaded.version),
+            PluginState::Active,
+            now_ms(),
+        )
+        .await?;
+    println!(
+        "Demo vendor `{vendor}` has plugin `{}` v{} active (database {}).\n",
+        uploaded.name,
+        uploaded.version,
+        data_dir.join("approval-host.db").display()
+    );
+    let live = registry.live(vendor);
+    let velocity = live
+        .active
+        .first()
+        .context("the example plugin is not active")?;
+    let mut busy = payment("demo-3", Money::new(2_000, "CNY"), None);
+    busy.history.last_hour.payments = 5;
+    let mut spender = payment("demo-4", Money::new(60_000, "CNY"), None);
+    spender.policy.settings = vec![("max-hourly-spend.CNY".into(), "100000".into())];
+    spender.history.last_hour.approved_spend = vec![Money::new(70_000, "CNY")];
+    let samples = [
+        (
+            "A ¥20 toy",
+            payment("demo-1", Money::new(2_000, "CNY"), Some("toys".into())),
+        ),
+        (
+            "A ¥20 bet",
+            payment("demo-2", Money::new(2_000, "CNY"), Some("gambling".into())),
+        ),
+        ("A 6th payment within an hour", busy),
+        ("¥600 after ¥700 spent this hour (limit ¥1000)", spender),
+    ];
+    for (title, input) in &samples {
+        println!("{title}:");
+        print_report(
+            &registry
+                .runtime()
+                .classify(velocity, input, &PluginLimits::default())
+                .await,
+        );
+    }
+    println!(
+        "\nWhat to try next:\n  \
+         approval-host plugin check <your-plugin.wasm>\n  \
+         approval-host plugin try <your-plugin.wasm> --amount 60000 --category gambling\n  \
+         cargo test    # the whole suite (see README.md)\n\
+         The HTTP API, the approval queue and the audit log are being built next (see README.md, Status)."
+    );
+    Ok(())
+}
