@@ -183,7 +183,7 @@ async fn concurrency(db: TestDb) {
         .classify(
             &before.active[0],
             &payment("in-flight", 1_000, None),
-            &PluginLimits::default(),
+            &common::relaxed(),
         )
         .await;
     assert_eq!(report.plugin.version, 2);
@@ -204,7 +204,7 @@ async fn concurrency(db: TestDb) {
                     );
                     let input = payment(&format!("c{i}-{calls}"), 1_000, None);
                     let report = rt
-                        .classify(&live.active[0], &input, &PluginLimits::default())
+                        .classify(&live.active[0], &input, &common::relaxed())
                         .await;
                     assert!([1, 2].contains(&report.plugin.version));
                     assert_eq!(report.outcome.unwrap().decision, Decision::Allow);

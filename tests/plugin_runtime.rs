@@ -18,10 +18,7 @@ use common::{input, payment, plugin, runtime};
 /// Compiles and describes a plugin the way an upload does.
 async fn load(rt: &PluginRuntime, name: &str) -> LoadedPlugin {
     let compiled = rt.compile(&plugin(name)).unwrap();
-    let info = rt
-        .describe(&compiled, &PluginLimits::default())
-        .await
-        .unwrap();
+    let info = rt.describe(&compiled, &common::relaxed()).await.unwrap();
     loaded(compiled, info)
 }
 
@@ -53,7 +50,7 @@ fn load_undescribed(rt: &PluginRuntime, name: &str) -> LoadedPlugin {
 }
 
 async fn classify(rt: &PluginRuntime, plugin: &LoadedPlugin, input: &ClassifyInput) -> CallReport {
-    rt.classify(plugin, input, &PluginLimits::default()).await
+    rt.classify(plugin, input, &common::relaxed()).await
 }
 
 /// Limits where the 10 ms deadline, not fuel, is what stops a spinning guest.
@@ -163,8 +160,14 @@ async fn the_same_input_gives_the_same_verdict_and_fuel() {
 }
 
 /// Runs a hostile plugin and then checks the host still serves the example plugin.
-async fn contained(rt: &PluginRuntime, hostile: &LoadedPlugin) -> CallReport {
-    let report = classify(rt, hostile, &payment("h", 1_000, None)).await;
+async fn contained(
+    rt: &PluginRuntime,
+    hostile: &LoadedPlugin,
+    limits: &PluginLimits,
+) -> CallReport {
+    let report = rt
+        .classify(hostile, &payment("h", 1_000, None), limits)
+        .await;
     assert!(
         report.wall_time < Duration::from_secs(2),
         "a hostile plugin held the host for {:?}",
@@ -193,7 +196,7 @@ async fn an_infinite_loop_is_cut_off_at_the_deadline() {
             limit: Duration::from_millis(10)
         })
     );
-    contained(&rt, &hostile).await;
+    contained(&rt, &hostile, &deadline_first()).await;
 }
 
 #[tokio::test]
@@ -202,7 +205,7 @@ async fn a_loop_that_runs_out_of_fuel_first_is_reported_as_such() {
     let hostile = load(&rt, "hostile_loop").await;
     let limits = PluginLimits {
         fuel: 100_000,
-        deadline: Duration::from_millis(250),
+        deadline: common::TEST_MAX_DEADLINE,
         ..PluginLimits::default()
     };
     let report = rt.classify(&hostile, &payment("f", 1, None), &limits).await;
@@ -238,14 +241,17 @@ async fn a_loop_during_start_up_is_cut_off_too() {
         report.fuel_used > 0,
         "the guest ran only during instantiation"
     );
-    contained(&rt, &hostile).await;
+    contained(&rt, &hostile, &deadline_first()).await;
 }
 
 #[tokio::test]
 async fn a_plugin_asleep_in_a_host_call_is_cut_off() {
     let rt = runtime();
     let hostile = load(&rt, "hostile_sleep").await;
-    let report = contained(&rt, &hostile).await;
+    let report = rt
+        .classify(&hostile, &payment("z", 1, None), &PluginLimits::default())
+        .await;
+    contained(&rt, &hostile, &deadline_first()).await;
     assert_eq!(
         report.outcome,
         Err(PluginError::Deadline {
@@ -259,7 +265,7 @@ async fn a_memory_bomb_hits_the_memory_cap() {
     let rt = runtime();
     let hostile = load(&rt, "hostile_memory_bomb").await;
     let limits = PluginLimits {
-        deadline: Duration::from_millis(250),
+        deadline: common::TEST_MAX_DEADLINE,
         ..PluginLimits::default()
     };
     let report = rt.classify(&hostile, &payment("m", 1, None), &limits).await;
@@ -269,14 +275,14 @@ async fn a_memory_bomb_hits_the_memory_cap() {
             limit_bytes: 32 << 20
         })
     );
-    contained(&rt, &hostile).await;
+    contained(&rt, &hostile, &common::relaxed()).await;
 }
 
 #[tokio::test]
 async fn deep_recursion_is_a_stack_overflow() {
     let rt = runtime();
     let hostile = load(&rt, "hostile_recursion").await;
-    let report = contained(&rt, &hostile).await;
+    let report = contained(&rt, &hostile, &common::relaxed()).await;
     assert_eq!(report.outcome, Err(PluginError::StackOverflow));
 }
 
@@ -284,7 +290,7 @@ async fn deep_recursion_is_a_stack_overflow() {
 async fn a_trap_is_reported_with_the_guest_log() {
     let rt = runtime();
     let hostile = load(&rt, "hostile_trap").await;
-    let report = contained(&rt, &hostile).await;
+    let report = contained(&rt, &hostile, &common::relaxed()).await;
     match &report.outcome {
         Err(PluginError::Trap { message }) => assert!(message.contains("unreachable"), "{message}"),
         other => panic!("expected a trap, got {other:?}"),
@@ -301,7 +307,7 @@ async fn huge_output_is_refused_and_the_log_is_capped() {
     let rt = runtime();
     let hostile = load(&rt, "hostile_huge_output").await;
     let limits = PluginLimits {
-        deadline: Duration::from_millis(250),
+        deadline: common::TEST_MAX_DEADLINE,
         ..PluginLimits::default()
     };
     let report = rt.classify(&hostile, &payment("o", 1, None), &limits).await;
@@ -320,7 +326,7 @@ async fn huge_output_is_refused_and_the_log_is_capped() {
 async fn a_verdict_naming_an_undeclared_rule_is_malformed() {
     let rt = runtime();
     let hostile = load(&rt, "hostile_unknown_rule").await;
-    let report = contained(&rt, &hostile).await;
+    let report = contained(&rt, &hostile, &common::relaxed()).await;
     assert_eq!(
         report.outcome,
         Err(PluginError::MalformedVerdict {
@@ -397,8 +403,7 @@ async fn the_sandbox_denies_everything_and_is_deterministic() {
 async fn many_concurrent_calls_share_a_small_pool() {
     let rt = common::runtime_with(RuntimeConfig {
         max_concurrent_calls: 2,
-        cache_dir: Some(common::cache_dir()),
-        ..RuntimeConfig::default()
+        ..common::test_config()
     });
     let velocity = Arc::new(load(&rt, "velocity").await);
     let calls = (0..64).map(|i| {
@@ -408,7 +413,7 @@ async fn many_concurrent_calls_share_a_small_pool() {
             rt.classify(
                 &velocity,
                 &payment(&format!("c{i}"), amount, None),
-                &PluginLimits::default(),
+                &common::relaxed(),
             )
             .await
         })

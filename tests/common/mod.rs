@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use approval_host::plugin::{PluginRuntime, RuntimeConfig};
+use approval_host::plugin::{PluginLimits, PluginRuntime, RuntimeConfig};
 use approval_host::risk::{Action, ClassifyInput, EffectivePolicy, History, Money, RiskRequest};
 use approval_host::store::Db;
 
@@ -33,15 +33,37 @@ pub fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
 }
 
+/// Default limits with the platform's longest deadline: for tests about something other than
+/// deadlines, so that a loaded machine cannot turn a slow call into a failure.
+pub fn relaxed() -> PluginLimits {
+    PluginLimits {
+        deadline: TEST_MAX_DEADLINE,
+        ..PluginLimits::default()
+    }
+}
+
+/// The test runtimes' platform maximum deadline (production's is 250 ms).
+pub const TEST_MAX_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The runtime configuration of the tests: production's, with a compiled-artifact cache and a
+/// deadline ceiling high enough for a loaded CI machine.
+pub fn test_config() -> RuntimeConfig {
+    RuntimeConfig {
+        cache_dir: Some(cache_dir()),
+        platform_max: PluginLimits {
+            deadline: TEST_MAX_DEADLINE,
+            ..PluginLimits::platform_max()
+        },
+        ..RuntimeConfig::default()
+    }
+}
+
 pub fn runtime_with(config: RuntimeConfig) -> Arc<PluginRuntime> {
     Arc::new(PluginRuntime::new(config).unwrap())
 }
 
 pub fn runtime() -> Arc<PluginRuntime> {
-    runtime_with(RuntimeConfig {
-        cache_dir: Some(cache_dir()),
-        ..RuntimeConfig::default()
-    })
+    runtime_with(test_config())
 }
 
 /// A payment request of `minor_units` CNY at a fixed time.

@@ -113,7 +113,11 @@ impl PluginRegistry {
         let registry = Self {
             runtime,
             db,
-            describe_limits: PluginLimits::default(),
+            // Uploads are rare and may land on a busy host: give describe() the longest deadline.
+            describe_limits: PluginLimits {
+                deadline: PluginLimits::platform_max().deadline,
+                ..PluginLimits::default()
+            },
             live: RwLock::default(),
             compiled: Mutex::default(),
             changes: tokio::sync::Mutex::new(()),
