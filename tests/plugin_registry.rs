@@ -8,8 +8,8 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use approval_host::plugin::UploadError;
 use approval_host::plugin::registry::{PluginRegistry, PluginState, RegistryError};
-use approval_host::plugin::{PluginLimits, UploadError};
 use approval_host::risk::Decision;
 use common::{TestDb, payment, plugin, runtime, variant};
 use ed25519_dalek::{Signer as _, SigningKey};
