@@ -13,7 +13,7 @@
 //!   trivial `describe` export: the cost of a fresh call with almost no guest work.
 //! - `instantiate_and_drop`: `PluginRuntime::reused_instance` then drop: sandbox, store,
 //!   instantiation and teardown with no guest call at all.
-#![allow(clippy::unwrap_used, missing_debug_implementations)]
+#![allow(clippy::unwrap_used)]
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -136,7 +136,7 @@ fn bench_plugin_call(c: &mut Criterion) {
     let report = tokio.block_on(rt.classify(&plugin, &input, &limits));
     expect_allow(report.outcome.as_ref().unwrap());
     eprintln!(
-        "fresh call: fuel_used = {}, wall_time (as reported) = {:?}",
+        "first (cold) fresh call: fuel_used = {}, reported wall_time = {:?}",
         report.fuel_used, report.wall_time
     );
     let mut reused = tokio.block_on(rt.reused_instance(&plugin)).unwrap();
