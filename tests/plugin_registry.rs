@@ -26,6 +26,24 @@ fn states(versions: &[approval_host::plugin::registry::PluginVersion]) -> Vec<(u
     versions.iter().map(|v| (v.version, v.state)).collect()
 }
 
+/// Uploads velocity twice (same code, different bytes): versions 1 and 2, both inactive.
+async fn two_versions(registry: &PluginRegistry) {
+    let bytes = plugin("velocity");
+    registry.upload(VENDOR, &bytes, None, 1).await.unwrap();
+    registry
+        .upload(VENDOR, &variant(&bytes, "v2"), None, 2)
+        .await
+        .unwrap();
+}
+
+/// Puts one velocity version in a state.
+async fn set(registry: &PluginRegistry, version: u32, state: PluginState) {
+    registry
+        .set_state(VENDOR, ("velocity", version), state, 3)
+        .await
+        .unwrap();
+}
+
 on_both_backends!(uploads_get_immutable_content_addressed_versions, uploads);
 async fn uploads(db: TestDb) {
     let registry = registry(&db).await;
@@ -81,12 +99,7 @@ async fn uploads(db: TestDb) {
 on_both_backends!(activate_shadow_and_roll_back, lifecycle);
 async fn lifecycle(db: TestDb) {
     let registry = registry(&db).await;
-    let bytes = plugin("velocity");
-    registry.upload(VENDOR, &bytes, None, 1).await.unwrap();
-    registry
-        .upload(VENDOR, &variant(&bytes, "v2"), None, 2)
-        .await
-        .unwrap();
+    two_versions(&registry).await;
     assert!(registry.live(VENDOR).active.is_empty());
 
     let rollback = registry.rollback(VENDOR, "velocity", 3).await;
@@ -102,14 +115,8 @@ async fn lifecycle(db: TestDb) {
         Err(RegistryError::NotFound { version: 9, .. })
     ));
 
-    registry
-        .set_state(VENDOR, ("velocity", 1), PluginState::Active, 4)
-        .await
-        .unwrap();
-    registry
-        .set_state(VENDOR, ("velocity", 2), PluginState::Active, 5)
-        .await
-        .unwrap();
+    set(&registry, 1, PluginState::Active).await;
+    set(&registry, 2, PluginState::Active).await;
     assert_eq!(
         states(&registry.versions(VENDOR).await.unwrap()),
         [(1, PluginState::Inactive), (2, PluginState::Active)]
@@ -160,20 +167,9 @@ async fn lifecycle(db: TestDb) {
 on_both_backends!(state_changes_are_atomic_under_concurrent_calls, concurrency);
 async fn concurrency(db: TestDb) {
     let registry = Arc::new(registry(&db).await);
-    let bytes = plugin("velocity");
-    registry.upload(VENDOR, &bytes, None, 1).await.unwrap();
-    registry
-        .upload(VENDOR, &variant(&bytes, "v2"), None, 2)
-        .await
-        .unwrap();
-    registry
-        .set_state(VENDOR, ("velocity", 1), PluginState::Active, 3)
-        .await
-        .unwrap();
-    registry
-        .set_state(VENDOR, ("velocity", 2), PluginState::Active, 4)
-        .await
-        .unwrap();
+    two_versions(&registry).await;
+    set(&registry, 1, PluginState::Active).await;
+    set(&registry, 2, PluginState::Active).await;
 
     // A call that took its snapshot before a switch finishes on the version it started with.
     let before = registry.live(VENDOR);

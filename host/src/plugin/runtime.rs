@@ -323,16 +323,15 @@ impl PluginRuntime {
             seed: "describe".to_owned(),
             now_ms: 0,
         };
-        let invocation = self.invoke(compiled, &spec, limits, Ask::Describe).await;
+        let limits = limits.clamped_to(&self.config.platform_max);
+        let invocation = self.invoke(compiled, &spec, &limits, Ask::Describe).await;
         let raw = match invocation.answer {
             Ok(Answer::Info(info)) => info,
             Ok(Answer::Verdict(_)) => unreachable_answer(),
             Err(err) => return Err(UploadError::DescribeFailed(err)),
         };
         let (info, size) = wit::plugin_info(raw);
-        let limit = limits
-            .clamped_to(&self.config.platform_max)
-            .max_output_bytes;
+        let limit = limits.max_output_bytes;
         if size > limit {
             return Err(UploadError::DescribeFailed(PluginError::OutputTooLarge {
                 bytes: size,
@@ -352,35 +351,29 @@ impl PluginRuntime {
         limits: &PluginLimits,
     ) -> CallReport {
         let limits = limits.clamped_to(&self.config.platform_max);
-        let report = |invocation: Invocation, outcome| CallReport {
-            plugin: plugin.identity.clone(),
-            outcome,
-            fuel_used: invocation.fuel_used,
-            wall_time: invocation.wall_time,
-            log: invocation.log,
-            log_truncated: invocation.log_truncated,
-        };
         let size = wit::input_size(input);
-        if size > limits.max_input_bytes {
-            let refused = Invocation::refused();
-            let err = PluginError::InputTooLarge {
+        let invocation = if size > limits.max_input_bytes {
+            Invocation::refused(PluginError::InputTooLarge {
                 bytes: size,
                 limit: limits.max_input_bytes,
+            })
+        } else {
+            let spec = SandboxSpec {
+                seed: input.request.id.clone(),
+                now_ms: input.request.requested_at_ms,
             };
-            return report(refused, Err(err));
-        }
-        let spec = SandboxSpec {
-            seed: input.request.id.clone(),
-            now_ms: input.request.requested_at_ms,
+            let wit_input = wit::classify_input(input);
+            self.invoke(&plugin.compiled, &spec, &limits, Ask::Classify(&wit_input))
+                .await
         };
-        let wit_input = wit::classify_input(input);
-        let mut invocation = self
-            .invoke(&plugin.compiled, &spec, &limits, Ask::Classify(&wit_input))
-            .await;
-        let outcome = match std::mem::replace(
-            &mut invocation.answer,
-            Ok(Answer::Verdict(Err(String::new()))),
-        ) {
+        let Invocation {
+            answer,
+            fuel_used,
+            wall_time,
+            log,
+            log_truncated,
+        } = invocation;
+        let outcome = match answer {
             Err(err) => Err(err),
             Ok(Answer::Info(_)) => unreachable_answer(),
             Ok(Answer::Verdict(Err(message))) => Err(PluginError::Declined {
@@ -400,10 +393,18 @@ impl PluginRuntime {
                 }
             }
         };
-        report(invocation, outcome)
+        CallReport {
+            plugin: plugin.identity.clone(),
+            outcome,
+            fuel_used,
+            wall_time,
+            log,
+            log_truncated,
+        }
     }
 
-    /// Runs one export in a fresh store with every limit set before guest code runs.
+    /// Runs one export in a fresh store with every limit set before guest code runs. The caller
+    /// has already clamped `limits` to the platform maxima.
     async fn invoke(
         &self,
         compiled: &CompiledPlugin,
@@ -411,21 +412,16 @@ impl PluginRuntime {
         limits: &PluginLimits,
         ask: Ask<'_>,
     ) -> Invocation {
-        let limits = limits.clamped_to(&self.config.platform_max);
         if !Engine::same(&self.engine, compiled.inner.pre.instance_pre().engine()) {
-            let mut refused = Invocation::refused();
-            refused.answer = Err(PluginError::Host {
+            return Invocation::refused(PluginError::Host {
                 message: "the plugin was compiled by another runtime".to_owned(),
             });
-            return refused;
         }
         let waited = self.config.queue_timeout;
         let _permit = match tokio::time::timeout(waited, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
             _ => {
-                let mut refused = Invocation::refused();
-                refused.answer = Err(PluginError::Busy { waited });
-                return refused;
+                return Invocation::refused(PluginError::Busy { waited });
             }
         };
         let started = Instant::now();
@@ -439,11 +435,9 @@ impl PluginRuntime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         if let Err(err) = store.set_fuel(limits.fuel) {
-            let mut refused = Invocation::refused();
-            refused.answer = Err(PluginError::Host {
+            return Invocation::refused(PluginError::Host {
                 message: err.to_string(),
             });
-            return refused;
         }
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -476,7 +470,7 @@ impl PluginRuntime {
                 limit: limits.deadline,
             }),
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(err)) => Err(failure(&err, memory_refused, &limits)),
+            Ok(Err(err)) => Err(failure(&err, memory_refused, limits)),
         };
         Invocation {
             answer,
@@ -566,11 +560,9 @@ impl ReusedInstance {
 
 impl Invocation {
     /// An invocation the host refused before any guest code ran.
-    fn refused() -> Self {
+    fn refused(error: PluginError) -> Self {
         Self {
-            answer: Err(PluginError::Host {
-                message: String::new(),
-            }),
+            answer: Err(error),
             fuel_used: 0,
             wall_time: Duration::ZERO,
             log: String::new(),
