@@ -3,6 +3,11 @@
 //!
 //! See ARCHITECTURE.md for the map of this crate.
 
+pub mod approvals;
+pub mod canonical;
+pub mod clock;
 pub mod plugin;
+pub mod policy;
 pub mod risk;
 pub mod store;
+pub mod token;

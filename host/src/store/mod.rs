@@ -5,6 +5,9 @@
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor as _};
 
+pub mod approvals;
+pub mod directory;
+pub mod keys;
 pub mod plugins;
 
 /// Which database the pool talks to.
@@ -86,4 +89,14 @@ impl Db {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+}
+
+/// A millisecond time or count as the database's signed 64-bit integer (saturating).
+pub(crate) fn i64_of(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A stored signed 64-bit time or count back as unsigned (negative values, never written, as 0).
+pub(crate) fn u64_of(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
 }

@@ -1,0 +1,253 @@
+//! Reading a request's action kind and JSON params into the typed [`Action`] the policy and the
+//! plugins classify, and checking that a guardian's revision only narrows what was asked.
+
+use serde_json::{Map, Value};
+
+use crate::policy::is_currency_code;
+use crate::risk::{Action, Money};
+
+/// The action kinds the host knows; any other kind is a generic action.
+pub mod kinds {
+    pub const PAYMENT: &str = "payment";
+    pub const CREDENTIAL_PUT: &str = "cred.put";
+    pub const MEMORY_WRITE: &str = "memory.write";
+    pub const CAPABILITY_MINT: &str = "capability.mint";
+}
+
+/// Longest action kind accepted.
+pub const MAX_KIND_LEN: usize = 64;
+
+fn problem(text: impl Into<String>) -> String {
+    text.into()
+}
+
+fn string(params: &Map<String, Value>, field: &str) -> Result<String, String> {
+    match params.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(_) => Err(problem(format!(
+            "params.{field} must be a non-empty string"
+        ))),
+        None => Err(problem(format!("params.{field} is required"))),
+    }
+}
+
+fn optional_string(params: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
+    match params.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => string(params, field).map(Some),
+    }
+}
+
+fn count(params: &Map<String, Value>, field: &str) -> Result<u64, String> {
+    match params.get(field) {
+        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
+            problem(format!(
+                "params.{field} must be a whole number of at least 0"
+            ))
+        }),
+        Some(_) => Err(problem(format!("params.{field} must be a whole number"))),
+        None => Err(problem(format!("params.{field} is required"))),
+    }
+}
+
+/// Parses `kind` and `params` into an [`Action`].
+///
+/// # Errors
+/// What is missing or malformed, in words an agent developer can act on.
+pub fn parse(kind: &str, params: &Value) -> Result<Action, String> {
+    if kind.is_empty()
+        || kind.len() > MAX_KIND_LEN
+        || !kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    {
+        return Err(problem(
+            "action must be 1 to 64 characters of a-z, 0-9, '.', '_' or '-'",
+        ));
+    }
+    let Value::Object(p) = params else {
+        return Err(problem("params must be a JSON object"));
+    };
+    Ok(match kind {
+        kinds::PAYMENT => {
+            let currency = string(p, "currency")?;
+            if !is_currency_code(&currency) {
+                return Err(problem(
+                    "params.currency must be a three-letter upper-case ISO 4217 code",
+                ));
+            }
+            Action::Payment {
+                amount: Money::new(count(p, "amount")?, &currency),
+                recipient: string(p, "recipient")?,
+                merchant_category: optional_string(p, "merchant_category")?,
+            }
+        }
+        kinds::CREDENTIAL_PUT => Action::CredentialPut {
+            service: string(p, "service")?,
+            category: string(p, "category")?,
+        },
+        kinds::MEMORY_WRITE => Action::MemoryWrite {
+            namespace: string(p, "namespace")?,
+            key: string(p, "key")?,
+        },
+        kinds::CAPABILITY_MINT => Action::CapabilityMint {
+            capability: string(p, "capability")?,
+            requested_scope: count(p, "requested_scope")?,
+            parent_scope: count(p, "parent_scope")?,
+        },
+        other => Action::Other {
+            kind: other.to_owned(),
+            params_json: params.to_string(),
+        },
+    })
+}
+
+/// Checks that `revised` asks for no more than `original`: a payment to the same recipient in the
+/// same currency for at most the same amount; a mint of the same capability with at most the same
+/// scope; the other built-in kinds unchanged except in fields that carry no risk. Generic actions
+/// may be amended freely: the guardian sees both.
+///
+/// # Errors
+/// How the revision widens the request.
+pub fn check_narrower(original: &Action, revised: &Action) -> Result<(), String> {
+    match (original, revised) {
+        (
+            Action::Payment {
+                amount, recipient, ..
+            },
+            Action::Payment {
+                amount: new_amount,
+                recipient: new_recipient,
+                ..
+            },
+        ) => {
+            if new_amount.currency != amount.currency {
+                Err(problem("a revised payment keeps its currency"))
+            } else if new_recipient != recipient {
+                Err(problem("a revised payment keeps its recipient"))
+            } else if new_amount.minor_units > amount.minor_units {
+                Err(problem(
+                    "a revised payment cannot be larger than the one requested",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        (
+            Action::CapabilityMint {
+                capability,
+                requested_scope,
+                parent_scope,
+            },
+            Action::CapabilityMint {
+                capability: new_capability,
+                requested_scope: new_scope,
+                parent_scope: new_parent,
+            },
+        ) => {
+            if new_capability != capability || new_parent != parent_scope {
+                Err(problem(
+                    "a revised mint keeps its capability and parent scope",
+                ))
+            } else if new_scope > requested_scope {
+                Err(problem("a revised mint cannot ask for a wider scope"))
+            } else {
+                Ok(())
+            }
+        }
+        (Action::CredentialPut { service, .. }, Action::CredentialPut { service: s, .. })
+            if s == service =>
+        {
+            Ok(())
+        }
+        (Action::MemoryWrite { namespace, .. }, Action::MemoryWrite { namespace: n, .. })
+            if n == namespace =>
+        {
+            Ok(())
+        }
+        (Action::Other { kind, .. }, Action::Other { kind: k, .. }) if k == kind => Ok(()),
+        _ => Err(problem("a revision keeps the action and its target")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn built_in_kinds_are_typed() {
+        let pay = parse(
+            "payment",
+            &json!({"amount": 60000, "currency": "CNY", "recipient": "toy-shop"}),
+        );
+        assert_eq!(
+            pay,
+            Ok(Action::Payment {
+                amount: Money::new(60_000, "CNY"),
+                recipient: "toy-shop".into(),
+                merchant_category: None
+            })
+        );
+        let other = parse("lights.on", &json!({"room": "kitchen"}));
+        assert!(matches!(other, Ok(Action::Other { ref kind, .. }) if kind == "lights.on"));
+    }
+
+    #[test]
+    fn malformed_params_are_explained() {
+        let cases = [
+            (
+                "payment",
+                json!({"amount": -5, "currency": "CNY", "recipient": "x"}),
+                "params.amount",
+            ),
+            (
+                "payment",
+                json!({"amount": 1.5, "currency": "CNY", "recipient": "x"}),
+                "params.amount",
+            ),
+            (
+                "payment",
+                json!({"amount": 5, "currency": "yuan", "recipient": "x"}),
+                "params.currency",
+            ),
+            (
+                "payment",
+                json!({"amount": 5, "currency": "CNY"}),
+                "params.recipient",
+            ),
+            ("cred.put", json!({"service": "bank"}), "params.category"),
+            (
+                "capability.mint",
+                json!({"capability": "c", "requested_scope": "9"}),
+                "params.requested_scope",
+            ),
+            ("payment", json!([1, 2]), "JSON object"),
+            ("Pay Now!", json!({}), "action must be"),
+        ];
+        for (kind, params, needle) in cases {
+            let err = parse(kind, &params).expect_err(kind);
+            assert!(err.contains(needle), "{kind} {params}: {err}");
+        }
+    }
+
+    #[test]
+    fn revisions_only_narrow() {
+        let pay = |amount, recipient: &str| Action::Payment {
+            amount: Money::new(amount, "CNY"),
+            recipient: recipient.into(),
+            merchant_category: None,
+        };
+        assert!(check_narrower(&pay(60_000, "shop"), &pay(30_000, "shop")).is_ok());
+        assert!(check_narrower(&pay(60_000, "shop"), &pay(60_001, "shop")).is_err());
+        assert!(check_narrower(&pay(60_000, "shop"), &pay(100, "elsewhere")).is_err());
+        let mint = |scope| Action::CapabilityMint {
+            capability: "wallet".into(),
+            requested_scope: scope,
+            parent_scope: 1000,
+        };
+        assert!(check_narrower(&mint(950), &mint(500)).is_ok());
+        assert!(check_narrower(&mint(950), &mint(960)).is_err());
+        assert!(check_narrower(&mint(950), &pay(1, "shop")).is_err());
+    }
+}

@@ -1,0 +1,882 @@
+//! The approval service: turns "an agent wants to do X" into an allowed request with a
+//! capability token, a denial with its rule, or a pending request a guardian settles (approve,
+//! deny, revise) before it times out; exactly once, across processes sharing one database.
+//!
+//! - [`record`]: the decision record every request leaves;
+//! - [`action`]: reading an action kind and its JSON params.
+
+pub mod action;
+pub mod record;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::canonical::{self, CanonicalError};
+use crate::clock::Clock;
+use crate::plugin::registry::PluginRegistry;
+use crate::policy::document::{OverridesDoc, TemplateDoc};
+use crate::policy::{self, ActorOverrides, Assessment, PluginVerdict, PolicyError, PolicyTemplate};
+use crate::risk::{Action, ClassifyInput, Decision, RiskRequest};
+use crate::store::approvals::{self as rows, Inserted, Settlement};
+use crate::store::directory::{self, ActorRow, DocumentKind, DocumentVersion};
+use crate::store::{Db, StoreError};
+use crate::token::{CapabilityClaims, DecisionMethod, Grant, TokenError, TokenIssuer};
+use record::{
+    ApprovalRecord, FiredRule, IssuedToken, Method, PluginRun, Provenance, Route, Status,
+};
+
+/// Errors of the approval service, each with a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("no such vendor")]
+    UnknownVendor,
+    #[error("no such actor")]
+    UnknownActor,
+    #[error("no such approval")]
+    NotFound,
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("invalid params: {0}")]
+    InvalidParams(#[from] CanonicalError),
+    #[error("this idempotency key was already used for a different request")]
+    IdempotencyConflict,
+    #[error("already decided: {}", .0.status.as_str())]
+    AlreadyDecided(Box<ApprovalRecord>),
+    #[error("the approval request timed out before a decision")]
+    Expired(Box<ApprovalRecord>),
+    #[error("the revision widens the request: {0}")]
+    RevisionNotNarrower(String),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("capability token: {0}")]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApprovalError {
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApprovalError::UnknownVendor => "vendor_not_found",
+            ApprovalError::UnknownActor => "actor_not_found",
+            ApprovalError::NotFound => "approval_not_found",
+            ApprovalError::InvalidRequest(_) => "invalid_request",
+            ApprovalError::InvalidParams(_) => "invalid_params",
+            ApprovalError::IdempotencyConflict => "idempotency_key_reused",
+            ApprovalError::AlreadyDecided(_) => "already_decided",
+            ApprovalError::Expired(_) => "approval_timeout",
+            ApprovalError::RevisionNotNarrower(_) => "revision_not_narrower",
+            ApprovalError::Policy(e) => e.code(),
+            ApprovalError::Token(_) | ApprovalError::Store(_) => "internal",
+        }
+    }
+}
+
+/// An agent's request.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub vendor: String,
+    pub actor: String,
+    /// The action kind: "payment", "cred.put", "memory.write", "capability.mint" or any other.
+    pub action: String,
+    /// The action's parameters, a JSON object.
+    pub params: Value,
+    /// Retrying with the same key returns the first request's outcome.
+    pub idempotency_key: Option<String>,
+    pub provenance: Provenance,
+}
+
+/// How a request was answered.
+#[derive(Debug, Clone)]
+pub struct Requested {
+    pub record: ApprovalRecord,
+    /// How the record relates to this call.
+    pub relation: Relation,
+}
+
+/// Whether a request created its record or found an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    /// A new record.
+    Created,
+    /// The same idempotency key was used before: this is that request's record, as it is now.
+    Replayed,
+    /// An identical request is still pending: this one joined it, and no guardian is notified
+    /// again.
+    JoinedPending,
+}
+
+/// A guardian's decision on a pending request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GuardianDecision {
+    Approve,
+    Deny {
+        reason: Option<String>,
+    },
+    /// Approve amended params (of the same action); the token binds the amended params only.
+    Revise {
+        params: Value,
+    },
+}
+
+/// Something guardians and agents may want to hear about as it happens.
+#[derive(Debug, Clone)]
+pub enum ApprovalEvent {
+    /// A request now waits for the actor's guardians.
+    Pending(Box<ApprovalRecord>),
+    /// A pending request was settled (by a guardian or by its timeout).
+    Settled(Box<ApprovalRecord>),
+    /// An actor's request volume jumped far above its baseline.
+    Flagged(rows::Flag),
+}
+
+/// Tunables of the service that are the platform's, not a vendor's.
+#[derive(Debug, Clone)]
+pub struct ApprovalConfig {
+    /// Flag an actor when its last hour has at least this many requests...
+    pub flag_min_requests: u32,
+    /// ...and this many times its average hour of the day before.
+    pub flag_factor: u32,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        Self {
+            flag_min_requests: 30,
+            flag_factor: 5,
+        }
+    }
+}
+
+/// The process-wide approval service.
+pub struct ApprovalService {
+    db: Db,
+    plugins: Arc<PluginRegistry>,
+    tokens: Arc<TokenIssuer>,
+    clock: Arc<dyn Clock>,
+    config: ApprovalConfig,
+    /// Fan-out of events to the push streams; a slow listener loses old events, never blocks.
+    events: broadcast::Sender<ApprovalEvent>,
+}
+
+impl std::fmt::Debug for ApprovalService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApprovalService").finish_non_exhaustive()
+    }
+}
+
+fn new_id(prefix: &str) -> String {
+    use rand::RngExt as _;
+    format!("{prefix}_{:032x}", rand::rng().random::<u128>())
+}
+
+fn grant_of(action: &Action) -> Grant {
+    match action {
+        Action::Payment { amount, .. } => Grant::Amount(amount.clone()),
+        Action::CapabilityMint {
+            requested_scope, ..
+        } => Grant::Scope(*requested_scope),
+        _ => Grant::None,
+    }
+}
+
+fn rule_source(source: &policy::RuleSource) -> String {
+    match source {
+        policy::RuleSource::Builtin => "builtin".to_owned(),
+        policy::RuleSource::Plugin { name, version, .. } => format!("plugin:{name}@{version}"),
+    }
+}
+
+impl ApprovalService {
+    /// A service over `db`, classifying with `plugins`, minting with `tokens`, reading `clock`.
+    pub fn new(
+        db: Db,
+        plugins: Arc<PluginRegistry>,
+        tokens: Arc<TokenIssuer>,
+        clock: Arc<dyn Clock>,
+        config: ApprovalConfig,
+    ) -> Self {
+        Self {
+            db,
+            plugins,
+            tokens,
+            clock,
+            config,
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ApprovalEvent> {
+        self.events.subscribe()
+    }
+
+    fn publish(&self, event: ApprovalEvent) {
+        // No receiver is not an error: nobody is listening yet.
+        let _ = self.events.send(event);
+    }
+
+    /// The capability token issuer (for its JWKS).
+    pub fn tokens(&self) -> &Arc<TokenIssuer> {
+        &self.tokens
+    }
+
+    // ---- vendors, actors and policy ---------------------------------------------------------
+
+    /// Creates a vendor with the default policy template; `false` if it already existed.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn create_vendor(&self, id: &str, name: &str) -> Result<bool, ApprovalError> {
+        Ok(directory::create_vendor(&self.db, id, name, self.clock.now_ms()).await?)
+    }
+
+    /// Registers a device of `vendor` with its context tags and guardians (or updates them).
+    ///
+    /// # Errors
+    /// Unknown vendor, or a database failure.
+    pub async fn register_actor(
+        &self,
+        vendor: &str,
+        actor: &str,
+        context_tags: &[String],
+        guardians: &[String],
+    ) -> Result<(), ApprovalError> {
+        if !directory::vendor_exists(&self.db, vendor).await? {
+            return Err(ApprovalError::UnknownVendor);
+        }
+        let row = ActorRow {
+            vendor: vendor.to_owned(),
+            id: actor.to_owned(),
+            context_tags: context_tags.to_vec(),
+            guardians: guardians.to_vec(),
+        };
+        Ok(directory::upsert_actor(&self.db, &row, self.clock.now_ms()).await?)
+    }
+
+    /// The actor, if `vendor` has it.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn actor(
+        &self,
+        vendor: &str,
+        actor: &str,
+    ) -> Result<Option<ActorRow>, ApprovalError> {
+        Ok(directory::actor(&self.db, vendor, actor).await?)
+    }
+
+    /// Validates and stores a new version of the vendor's policy template; returns its version.
+    ///
+    /// # Errors
+    /// An invalid template (with the field named), an unknown vendor, a database failure.
+    pub async fn set_template(
+        &self,
+        vendor: &str,
+        document: &TemplateDoc,
+        changed_by: &str,
+    ) -> Result<u32, ApprovalError> {
+        document.to_template(&self.plugins.runtime().config().platform_max)?;
+        if !directory::vendor_exists(&self.db, vendor).await? {
+            return Err(ApprovalError::UnknownVendor);
+        }
+        let kind = DocumentKind::Template { vendor };
+        let now = self.clock.now_ms();
+        Ok(
+            directory::insert_document(&self.db, kind, &document.to_json(), changed_by, now)
+                .await?,
+        )
+    }
+
+    /// The vendor's template in force and its version (0 and the defaults before any was set).
+    ///
+    /// # Errors
+    /// A database failure, or a stored template that no longer validates.
+    pub async fn template(&self, vendor: &str) -> Result<(u32, PolicyTemplate), ApprovalError> {
+        let platform_max = self.plugins.runtime().config().platform_max;
+        match self.template_versions(vendor, 1).await?.into_iter().next() {
+            Some(v) => Ok((
+                v.version,
+                TemplateDoc::parse(&v.document)?.to_template(&platform_max)?,
+            )),
+            None => Ok((0, PolicyTemplate::default())),
+        }
+    }
+
+    /// The vendor's template versions, newest first.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn template_versions(
+        &self,
+        vendor: &str,
+        limit: u32,
+    ) -> Result<Vec<DocumentVersion>, ApprovalError> {
+        Ok(directory::documents(&self.db, DocumentKind::Template { vendor }, limit).await?)
+    }
+
+    /// Sets a guardian's overrides for one actor, within the vendor's bounds; returns the version.
+    /// Only a guardian of the actor may set them.
+    ///
+    /// # Errors
+    /// Unknown actor (or one `guardian` does not guard), overrides out of bounds, a database
+    /// failure.
+    pub async fn set_overrides(
+        &self,
+        vendor: &str,
+        actor: &str,
+        guardian: &str,
+        document: &OverridesDoc,
+    ) -> Result<u32, ApprovalError> {
+        if !directory::guards(&self.db, vendor, actor, guardian).await? {
+            return Err(ApprovalError::UnknownActor);
+        }
+        let (_, template) = self.template(vendor).await?;
+        template.check_overrides(&document.to_overrides())?;
+        let kind = DocumentKind::Overrides { vendor, actor };
+        let now = self.clock.now_ms();
+        Ok(directory::insert_document(&self.db, kind, &document.to_json(), guardian, now).await?)
+    }
+
+    /// The actor's overrides in force and their version (0 when none were set).
+    ///
+    /// # Errors
+    /// A database failure or a corrupt stored document.
+    pub async fn overrides(
+        &self,
+        vendor: &str,
+        actor: &str,
+    ) -> Result<(u32, ActorOverrides), ApprovalError> {
+        let kind = DocumentKind::Overrides { vendor, actor };
+        match directory::documents(&self.db, kind, 1)
+            .await?
+            .into_iter()
+            .next()
+        {
+            Some(v) => Ok((v.version, OverridesDoc::parse(&v.document)?.to_overrides())),
+            None => Ok((0, ActorOverrides::default())),
+        }
+    }
+
+    // ---- the lifecycle ----------------------------------------------------------------------
+
+    /// Classifies and answers an agent's request.
+    ///
+    /// # Errors
+    /// Unknown actor, malformed action or params, an idempotency key reused for other params,
+    /// a database or signing failure.
+    pub async fn request(&self, new: NewRequest) -> Result<Requested, ApprovalError> {
+        let action =
+            action::parse(&new.action, &new.params).map_err(ApprovalError::InvalidRequest)?;
+        let params_hash = canonical::params_hash(&new.params)?;
+        let Some(actor) = directory::actor(&self.db, &new.vendor, &new.actor).await? else {
+            return Err(ApprovalError::UnknownActor);
+        };
+        if let Some(key) = &new.idempotency_key {
+            if key.is_empty() || key.len() > 200 {
+                return Err(ApprovalError::InvalidRequest(
+                    "idempotency_key must be 1 to 200 characters".into(),
+                ));
+            }
+            if let Some(found) = self.replay(&new, key, &params_hash).await? {
+                return Ok(found);
+            }
+        }
+        if let Some(found) = self.join_pending(&new, &params_hash).await? {
+            return Ok(found);
+        }
+
+        let now = self.clock.now_ms();
+        let (policy_version, template) = self.template(&new.vendor).await?;
+        let (_, overrides) = self.overrides(&new.vendor, &new.actor).await?;
+        let effective = template.effective(&overrides);
+        let history = rows::history(&self.db, &new.vendor, &new.actor, now).await?;
+        let id = new_id("apr");
+        let input = ClassifyInput {
+            request: RiskRequest {
+                id: id.clone(),
+                vendor: new.vendor.clone(),
+                actor: new.actor.clone(),
+                device_context: actor.context_tags.clone(),
+                action: action.clone(),
+                requested_at_ms: now,
+            },
+            policy: effective,
+            history,
+        };
+        let builtin = policy::builtin_hits(&template.triggers, &input.policy, &input.request);
+        let (verdicts, runs) = self.run_plugins(&input, &template).await;
+        let assessment = policy::combine(builtin, &verdicts, template.plugin_fail_mode);
+
+        let mut record = self.new_record(&new, &action, id, params_hash, now, &assessment, runs);
+        record.policy_version = policy_version;
+        let limit = match assessment.decision {
+            Decision::Allow => {
+                record.status = Status::Allowed;
+                record.route = Route::Allow;
+                record.decided_at_ms = Some(now);
+                record.decision_method = Some(Method::Policy);
+                record.token = Some(self.mint(&record, &action, DecisionMethod::Policy, now)?);
+                None
+            }
+            Decision::Deny => {
+                record.status = Status::Denied;
+                record.route = Route::Stop;
+                record.decided_at_ms = Some(now);
+                record.decision_method = Some(Method::Policy);
+                None
+            }
+            Decision::Escalate => {
+                let ttl = assessment
+                    .requested_ttl()
+                    .unwrap_or_else(|| template.ttl_for(&new.action))
+                    .clamp(policy::TTL_RANGE.0, policy::TTL_RANGE.1);
+                record.status = Status::Pending;
+                record.route = Route::HumanReview;
+                record.expires_at_ms = Some(now + u64::try_from(ttl.as_millis()).unwrap_or(0));
+                Some(template.max_approval_requests_per_hour)
+            }
+        };
+        // A unique index refusing the insert means an identical request got there first: answer
+        // as if this one came second. If that request has meanwhile expired, try again.
+        let mut stored = rows::insert(&self.db, &record, limit).await?;
+        for _ in 0..3 {
+            if stored != Inserted::Conflict {
+                break;
+            }
+            if let Some(key) = &new.idempotency_key
+                && let Some(found) = self.replay(&new, key, &record.params_hash).await?
+            {
+                return Ok(found);
+            }
+            if let Some(found) = self.join_pending(&new, &record.params_hash).await? {
+                return Ok(found);
+            }
+            stored = rows::insert(&self.db, &record, limit).await?;
+        }
+        let record = match stored {
+            Inserted::Stored => record,
+            Inserted::Conflict => {
+                return Err(ApprovalError::Store(StoreError::Corrupt(
+                    "an identical request kept winning the insert".into(),
+                )));
+            }
+            Inserted::OverLimit { retry_after_ms } => {
+                record.status = Status::RateLimited;
+                record.route = Route::Stop;
+                record.expires_at_ms = None;
+                record.decided_at_ms = Some(now);
+                record.decision_method = Some(Method::Policy);
+                record.rule_fired = Some("builtin.rate_limit".into());
+                record.reason = format!(
+                    "{} already sent {} requests for a guardian this hour",
+                    record.actor, template.max_approval_requests_per_hour
+                );
+                record.retry_after_ms = Some(retry_after_ms);
+                rows::insert_plain(&self.db, &record).await?;
+                record
+            }
+        };
+        if record.status == Status::Pending {
+            self.publish(ApprovalEvent::Pending(Box::new(record.clone())));
+        }
+        self.check_volume(&record, &input.history, now).await?;
+        Ok(Requested {
+            record,
+            relation: Relation::Created,
+        })
+    }
+
+    async fn replay(
+        &self,
+        new: &NewRequest,
+        key: &str,
+        params_hash: &str,
+    ) -> Result<Option<Requested>, ApprovalError> {
+        let Some(found) = rows::by_idempotency_key(&self.db, &new.vendor, &new.actor, key).await?
+        else {
+            return Ok(None);
+        };
+        if found.params_hash != params_hash || found.action != new.action {
+            return Err(ApprovalError::IdempotencyConflict);
+        }
+        Ok(Some(Requested {
+            record: self.settle_if_expired(found).await?,
+            relation: Relation::Replayed,
+        }))
+    }
+
+    async fn join_pending(
+        &self,
+        new: &NewRequest,
+        params_hash: &str,
+    ) -> Result<Option<Requested>, ApprovalError> {
+        let Some(found) =
+            rows::pending_with_params(&self.db, &new.vendor, &new.actor, params_hash).await?
+        else {
+            return Ok(None);
+        };
+        if found.action != new.action {
+            return Ok(None);
+        }
+        let found = self.settle_if_expired(found).await?;
+        Ok((found.status == Status::Pending).then_some(Requested {
+            record: found,
+            relation: Relation::JoinedPending,
+        }))
+    }
+
+    async fn run_plugins(
+        &self,
+        input: &ClassifyInput,
+        template: &PolicyTemplate,
+    ) -> (Vec<PluginVerdict>, Vec<PluginRun>) {
+        let live = self.plugins.live(&input.request.vendor);
+        let runtime = self.plugins.runtime();
+        let mut verdicts = Vec::new();
+        let mut runs = Vec::new();
+        let all = live
+            .active
+            .iter()
+            .map(|p| (p, false))
+            .chain(live.shadow.iter().map(|p| (p, true)));
+        for (plugin, shadow) in all {
+            let report = runtime
+                .classify(plugin, input, &template.plugin_limits)
+                .await;
+            let sha256 = plugin.compiled.sha256_hex();
+            runs.push(PluginRun {
+                name: report.plugin.name.clone(),
+                version: report.plugin.version,
+                sha256: sha256.clone(),
+                shadow,
+                verdict: report
+                    .outcome
+                    .as_ref()
+                    .ok()
+                    .map(|v| (v.decision, v.rule_id.clone(), v.reason.clone())),
+                error: report
+                    .outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| (e.code().to_owned(), e.to_string())),
+                fuel_used: report.fuel_used,
+                wall_time: report.wall_time,
+            });
+            if !shadow {
+                verdicts.push(PluginVerdict {
+                    name: report.plugin.name,
+                    version: report.plugin.version,
+                    sha256,
+                    outcome: report.outcome,
+                });
+            }
+        }
+        (verdicts, runs)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_record(
+        &self,
+        new: &NewRequest,
+        action: &Action,
+        id: String,
+        params_hash: String,
+        now: u64,
+        assessment: &Assessment,
+        plugins: Vec<PluginRun>,
+    ) -> ApprovalRecord {
+        let deciding = assessment.deciding_hit();
+        let (amount, recipient) = match action {
+            Action::Payment {
+                amount, recipient, ..
+            } => (Some(amount.clone()), Some(recipient.clone())),
+            _ => (None, None),
+        };
+        ApprovalRecord {
+            id,
+            vendor: new.vendor.clone(),
+            actor: new.actor.clone(),
+            idempotency_key: new.idempotency_key.clone(),
+            provenance: new.provenance.clone(),
+            action: new.action.clone(),
+            params: new.params.clone(),
+            params_hash,
+            amount,
+            recipient,
+            status: Status::Pending,
+            route: Route::HumanReview,
+            rule_fired: deciding.map(|h| h.verdict.rule_id.clone()),
+            reason: deciding.map_or_else(
+                || "no rule asked for a human".to_owned(),
+                |h| h.verdict.reason.clone(),
+            ),
+            rules: assessment
+                .hits
+                .iter()
+                .filter(|h| h.verdict.decision != Decision::Allow)
+                .map(|h| FiredRule {
+                    source: rule_source(&h.source),
+                    rule_id: h.verdict.rule_id.clone(),
+                    decision: h.verdict.decision,
+                    reason: h.verdict.reason.clone(),
+                })
+                .collect(),
+            plugins,
+            counter_offer: assessment.counter_offer().cloned(),
+            policy_version: 0,
+            created_at_ms: now,
+            expires_at_ms: None,
+            decided_at_ms: None,
+            decision_method: None,
+            decider: None,
+            decision_reason: None,
+            revised_params: None,
+            revised_params_hash: None,
+            token: None,
+            retry_after_ms: None,
+        }
+    }
+
+    fn mint(
+        &self,
+        record: &ApprovalRecord,
+        action: &Action,
+        method: DecisionMethod,
+        now: u64,
+    ) -> Result<IssuedToken, ApprovalError> {
+        let (params_hash, grant) = match &record.revised_params_hash {
+            Some(hash) => (hash.clone(), grant_of(action)),
+            None => (record.params_hash.clone(), grant_of(action)),
+        };
+        let minted = self.tokens.mint(
+            &CapabilityClaims {
+                vendor: record.vendor.clone(),
+                actor: record.actor.clone(),
+                action: record.action.clone(),
+                params_hash,
+                grant,
+                approval_id: record.id.clone(),
+                decision_method: method,
+            },
+            now,
+        )?;
+        Ok(IssuedToken {
+            id: minted.id,
+            token: minted.token,
+            expires_at_ms: minted.expires_at_ms,
+        })
+    }
+
+    async fn check_volume(
+        &self,
+        record: &ApprovalRecord,
+        before: &crate::risk::History,
+        now: u64,
+    ) -> Result<(), ApprovalError> {
+        let last_hour = before.last_hour.requests.saturating_add(1);
+        let earlier = before
+            .last_day
+            .requests
+            .saturating_sub(before.last_hour.requests);
+        let baseline = earlier.div_ceil(23);
+        if last_hour < self.config.flag_min_requests
+            || last_hour < baseline.saturating_mul(self.config.flag_factor)
+        {
+            return Ok(());
+        }
+        let id = new_id("flag");
+        if rows::raise_flag(
+            &self.db,
+            &id,
+            &record.vendor,
+            &record.actor,
+            now,
+            last_hour,
+            baseline,
+        )
+        .await?
+        {
+            self.publish(ApprovalEvent::Flagged(rows::Flag {
+                id,
+                vendor: record.vendor.clone(),
+                actor: record.actor.clone(),
+                raised_at_ms: now,
+                last_hour,
+                baseline_per_hour: baseline,
+            }));
+        }
+        Ok(())
+    }
+
+    /// The vendor's volume flags raised since `since_ms`, newest first.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn flags(
+        &self,
+        vendor: &str,
+        since_ms: u64,
+    ) -> Result<Vec<rows::Flag>, ApprovalError> {
+        Ok(rows::flags(&self.db, vendor, since_ms).await?)
+    }
+
+    async fn settle_if_expired(
+        &self,
+        record: ApprovalRecord,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let now = self.clock.now_ms();
+        match record.expires_at_ms {
+            Some(expires) if record.status == Status::Pending && expires <= now => {
+                let settled = rows::settle_expired(&self.db, now, Some(&record.id)).await?;
+                let fresh = rows::get(&self.db, &record.id)
+                    .await?
+                    .ok_or(ApprovalError::NotFound)?;
+                if !settled.is_empty() {
+                    self.publish(ApprovalEvent::Settled(Box::new(fresh.clone())));
+                }
+                Ok(fresh)
+            }
+            _ => Ok(record),
+        }
+    }
+
+    /// The record as it is now; a pending request past its expiry is settled as timed out first,
+    /// so nobody ever sees a late approval.
+    ///
+    /// # Errors
+    /// Not found, or a database failure.
+    pub async fn get(&self, id: &str) -> Result<ApprovalRecord, ApprovalError> {
+        let record = rows::get(&self.db, id)
+            .await?
+            .ok_or(ApprovalError::NotFound)?;
+        self.settle_if_expired(record).await
+    }
+
+    /// The pending requests of the actors `guardian` guards, oldest first (expired ones are
+    /// settled first and left out).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn inbox(&self, guardian: &str) -> Result<Vec<ApprovalRecord>, ApprovalError> {
+        self.sweep().await?;
+        Ok(rows::pending_for_guardian(&self.db, guardian).await?)
+    }
+
+    /// Settles every pending request past its expiry as timed out (what the sweeper runs);
+    /// returns how many it settled. Safe to run on every replica at once.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn sweep(&self) -> Result<usize, ApprovalError> {
+        let ids = rows::settle_expired(&self.db, self.clock.now_ms(), None).await?;
+        for id in &ids {
+            if let Some(record) = rows::get(&self.db, id).await? {
+                self.publish(ApprovalEvent::Settled(Box::new(record)));
+            }
+        }
+        Ok(ids.len())
+    }
+
+    /// Runs [`Self::sweep`] every `every` until the returned handle is aborted.
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let service = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = service.sweep().await {
+                    tracing::warn!(error = %e, "approval sweep failed");
+                }
+            }
+        })
+    }
+
+    /// A guardian's decision on a pending request. Exactly one decision wins, whichever lands
+    /// first in the database; the others get [`ApprovalError::AlreadyDecided`] with the winner.
+    ///
+    /// # Errors
+    /// Not found (or not guarded by `guardian`), already decided, expired, an invalid or widening
+    /// revision, a database or signing failure.
+    pub async fn decide(
+        &self,
+        id: &str,
+        guardian: &str,
+        decision: GuardianDecision,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let record = rows::get(&self.db, id)
+            .await?
+            .ok_or(ApprovalError::NotFound)?;
+        if !directory::guards(&self.db, &record.vendor, &record.actor, guardian).await? {
+            return Err(ApprovalError::NotFound);
+        }
+        let record = self.settle_if_expired(record).await?;
+        match record.status {
+            Status::Pending => {}
+            Status::TimedOut => return Err(ApprovalError::Expired(Box::new(record))),
+            _ => return Err(ApprovalError::AlreadyDecided(Box::new(record))),
+        }
+        let now = self.clock.now_ms();
+        let original = action::parse(&record.action, &record.params)
+            .map_err(|e| StoreError::Corrupt(format!("stored params: {e}")))?;
+        let mut pending = record.clone();
+        let (status, route, reason, token, revised) = match &decision {
+            GuardianDecision::Approve => {
+                let token = self.mint(&pending, &original, DecisionMethod::Human, now)?;
+                (
+                    Status::Approved,
+                    Route::HumanReview,
+                    None,
+                    Some(token),
+                    None,
+                )
+            }
+            GuardianDecision::Deny { reason } => {
+                (Status::Denied, Route::Stop, reason.clone(), None, None)
+            }
+            GuardianDecision::Revise { params } => {
+                let amended = action::parse(&record.action, params)
+                    .map_err(ApprovalError::RevisionNotNarrower)?;
+                action::check_narrower(&original, &amended)
+                    .map_err(ApprovalError::RevisionNotNarrower)?;
+                let hash = canonical::params_hash(params)?;
+                pending.revised_params_hash = Some(hash.clone());
+                let token = self.mint(&pending, &amended, DecisionMethod::Human, now)?;
+                (
+                    Status::Revised,
+                    Route::Revise,
+                    None,
+                    Some(token),
+                    Some((params, hash)),
+                )
+            }
+        };
+        let settlement = Settlement {
+            status,
+            route,
+            decider: guardian,
+            reason: reason.as_deref(),
+            revised_params: revised.map(|(p, _)| p),
+            revised_params_hash: pending.revised_params_hash.as_deref(),
+            token: token.as_ref(),
+        };
+        let won = rows::settle_by_guardian(&self.db, id, &settlement, now).await?;
+        let fresh = rows::get(&self.db, id)
+            .await?
+            .ok_or(ApprovalError::NotFound)?;
+        if won {
+            self.publish(ApprovalEvent::Settled(Box::new(fresh.clone())));
+            return Ok(fresh);
+        }
+        let fresh = self.settle_if_expired(fresh).await?;
+        Err(match fresh.status {
+            Status::TimedOut => ApprovalError::Expired(Box::new(fresh)),
+            _ => ApprovalError::AlreadyDecided(Box::new(fresh)),
+        })
+    }
+}

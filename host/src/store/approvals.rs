@@ -1,0 +1,692 @@
+//! SQL for decision records: inserting a request's record (with the per-actor rate limit counted
+//! in the same transaction), idempotency and join-pending lookups, the conditional writes that
+//! settle a pending request exactly once, and the history summary plugins are given.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row as _};
+
+use super::{Db, StoreError, i64_of, u64_of};
+use crate::approvals::record::{
+    ApprovalRecord, FiredRule, IssuedToken, Method, PluginRun, Provenance, Route, Status,
+};
+use crate::risk::{Activity, CounterOffer, Decision, History, Money};
+
+// ---- JSON columns: private mirrors of the domain types -------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct ProvenanceJson {
+    surface: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tool: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RuleJson {
+    source: String,
+    rule_id: String,
+    decision: String,
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PluginJson {
+    name: String,
+    version: u32,
+    sha256: String,
+    shadow: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    decision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rule_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    fuel_used: u64,
+    wall_time_us: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum CounterOfferJson {
+    Amount { minor_units: u64, currency: String },
+    Params(serde_json::Value),
+}
+
+fn decision_of(name: &str) -> Result<Decision, StoreError> {
+    match name {
+        "allow" => Ok(Decision::Allow),
+        "escalate" => Ok(Decision::Escalate),
+        "deny" => Ok(Decision::Deny),
+        other => Err(StoreError::Corrupt(format!("decision {other:?}"))),
+    }
+}
+
+fn corrupt(what: &str) -> impl Fn(serde_json::Error) -> StoreError + '_ {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn rules_json(rules: &[FiredRule]) -> String {
+    to_json(
+        &rules
+            .iter()
+            .map(|r| RuleJson {
+                source: r.source.clone(),
+                rule_id: r.rule_id.clone(),
+                decision: r.decision.as_str().to_owned(),
+                reason: r.reason.clone(),
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn rules_of(json: &str) -> Result<Vec<FiredRule>, StoreError> {
+    serde_json::from_str::<Vec<RuleJson>>(json)
+        .map_err(corrupt("rules"))?
+        .into_iter()
+        .map(|r| {
+            Ok(FiredRule {
+                source: r.source,
+                rule_id: r.rule_id,
+                decision: decision_of(&r.decision)?,
+                reason: r.reason,
+            })
+        })
+        .collect()
+}
+
+fn plugins_json(runs: &[PluginRun]) -> String {
+    to_json(
+        &runs
+            .iter()
+            .map(|p| PluginJson {
+                name: p.name.clone(),
+                version: p.version,
+                sha256: p.sha256.clone(),
+                shadow: p.shadow,
+                decision: p.verdict.as_ref().map(|v| v.0.as_str().to_owned()),
+                rule_id: p.verdict.as_ref().map(|v| v.1.clone()),
+                reason: p.verdict.as_ref().map(|v| v.2.clone()),
+                error_code: p.error.as_ref().map(|e| e.0.clone()),
+                error: p.error.as_ref().map(|e| e.1.clone()),
+                fuel_used: p.fuel_used,
+                wall_time_us: u64::try_from(p.wall_time.as_micros()).unwrap_or(u64::MAX),
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn plugins_of(json: &str) -> Result<Vec<PluginRun>, StoreError> {
+    serde_json::from_str::<Vec<PluginJson>>(json)
+        .map_err(corrupt("plugins"))?
+        .into_iter()
+        .map(|p| {
+            let verdict = match p.decision {
+                Some(d) => Some((
+                    decision_of(&d)?,
+                    p.rule_id.unwrap_or_default(),
+                    p.reason.unwrap_or_default(),
+                )),
+                None => None,
+            };
+            Ok(PluginRun {
+                name: p.name,
+                version: p.version,
+                sha256: p.sha256,
+                shadow: p.shadow,
+                verdict,
+                error: p.error_code.map(|c| (c, p.error.unwrap_or_default())),
+                fuel_used: p.fuel_used,
+                wall_time: Duration::from_micros(p.wall_time_us),
+            })
+        })
+        .collect()
+}
+
+fn counter_offer_json(offer: &CounterOffer) -> String {
+    to_json(&match offer {
+        CounterOffer::Amount(m) => CounterOfferJson::Amount {
+            minor_units: m.minor_units,
+            currency: m.currency.clone(),
+        },
+        CounterOffer::ParamsJson(json) => CounterOfferJson::Params(
+            serde_json::from_str(json).unwrap_or(serde_json::Value::String(json.clone())),
+        ),
+    })
+}
+
+fn counter_offer_of(json: &str) -> Result<CounterOffer, StoreError> {
+    Ok(
+        match serde_json::from_str::<CounterOfferJson>(json).map_err(corrupt("counter offer"))? {
+            CounterOfferJson::Amount {
+                minor_units,
+                currency,
+            } => CounterOffer::Amount(Money::new(minor_units, &currency)),
+            CounterOfferJson::Params(v) => CounterOffer::ParamsJson(v.to_string()),
+        },
+    )
+}
+
+fn json_value(json: &str, what: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(json).map_err(corrupt(what))
+}
+
+// ---- rows ------------------------------------------------------------------------------------
+
+const COLUMNS: &str = "id, vendor, actor, idempotency_key, provenance, action, params, params_hash, \
+    amount_minor, currency, recipient, status, route, escalated, rule_fired, reason, rules, plugins, \
+    counter_offer, policy_version, created_at_ms, expires_at_ms, decided_at_ms, decision_method, \
+    decider, decision_reason, revised_params, revised_params_hash, token_id, token, \
+    token_expires_at_ms, retry_after_ms";
+
+fn opt_u64(row: &AnyRow, column: &str) -> Result<Option<u64>, StoreError> {
+    Ok(row.try_get::<Option<i64>, _>(column)?.map(u64_of))
+}
+
+fn record_of(row: &AnyRow) -> Result<ApprovalRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    let route: String = row.try_get("route")?;
+    let provenance: ProvenanceJson = serde_json::from_str(&row.try_get::<String, _>("provenance")?)
+        .map_err(corrupt("provenance"))?;
+    let amount = match (
+        row.try_get::<Option<i64>, _>("amount_minor")?,
+        row.try_get::<Option<String>, _>("currency")?,
+    ) {
+        (Some(units), Some(currency)) => Some(Money::new(u64_of(units), &currency)),
+        _ => None,
+    };
+    let token = match (
+        row.try_get::<Option<String>, _>("token_id")?,
+        row.try_get::<Option<String>, _>("token")?,
+        opt_u64(row, "token_expires_at_ms")?,
+    ) {
+        (Some(id), Some(token), Some(expires_at_ms)) => Some(IssuedToken {
+            id,
+            token,
+            expires_at_ms,
+        }),
+        _ => None,
+    };
+    Ok(ApprovalRecord {
+        id: row.try_get("id")?,
+        vendor: row.try_get("vendor")?,
+        actor: row.try_get("actor")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        provenance: Provenance {
+            surface: provenance.surface,
+            tool: provenance.tool,
+        },
+        action: row.try_get("action")?,
+        params: json_value(&row.try_get::<String, _>("params")?, "params")?,
+        params_hash: row.try_get("params_hash")?,
+        amount,
+        recipient: row.try_get("recipient")?,
+        status: Status::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?,
+        route: Route::parse(&route)
+            .ok_or_else(|| StoreError::Corrupt(format!("route {route:?}")))?,
+        rule_fired: row.try_get("rule_fired")?,
+        reason: row.try_get("reason")?,
+        rules: rules_of(&row.try_get::<String, _>("rules")?)?,
+        plugins: plugins_of(&row.try_get::<String, _>("plugins")?)?,
+        counter_offer: row
+            .try_get::<Option<String>, _>("counter_offer")?
+            .as_deref()
+            .map(counter_offer_of)
+            .transpose()?,
+        policy_version: u32::try_from(row.try_get::<i64, _>("policy_version")?).unwrap_or(0),
+        created_at_ms: u64_of(row.try_get("created_at_ms")?),
+        expires_at_ms: opt_u64(row, "expires_at_ms")?,
+        decided_at_ms: opt_u64(row, "decided_at_ms")?,
+        decision_method: row
+            .try_get::<Option<String>, _>("decision_method")?
+            .map(|m| Method::parse(&m).ok_or_else(|| StoreError::Corrupt(format!("method {m:?}"))))
+            .transpose()?,
+        decider: row.try_get("decider")?,
+        decision_reason: row.try_get("decision_reason")?,
+        revised_params: row
+            .try_get::<Option<String>, _>("revised_params")?
+            .as_deref()
+            .map(|j| json_value(j, "revised params"))
+            .transpose()?,
+        revised_params_hash: row.try_get("revised_params_hash")?,
+        token,
+        retry_after_ms: opt_u64(row, "retry_after_ms")?,
+    })
+}
+
+async fn insert_record(conn: &mut AnyConnection, r: &ApprovalRecord) -> Result<(), StoreError> {
+    let escalated = matches!(r.route, Route::HumanReview | Route::Revise)
+        || matches!(
+            r.status,
+            Status::Pending | Status::Approved | Status::Revised | Status::TimedOut
+        );
+    sqlx::query(&format!(
+        "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+         $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
+    ))
+    .bind(&r.id)
+    .bind(&r.vendor)
+    .bind(&r.actor)
+    .bind(r.idempotency_key.as_deref())
+    .bind(to_json(&ProvenanceJson {
+        surface: r.provenance.surface.clone(),
+        tool: r.provenance.tool.clone(),
+    }))
+    .bind(&r.action)
+    .bind(r.params.to_string())
+    .bind(&r.params_hash)
+    .bind(r.amount.as_ref().map(|m| i64_of(m.minor_units)))
+    .bind(r.amount.as_ref().map(|m| m.currency.clone()))
+    .bind(r.recipient.as_deref())
+    .bind(r.status.as_str())
+    .bind(r.route.as_str())
+    .bind(i64::from(escalated))
+    .bind(r.rule_fired.as_deref())
+    .bind(&r.reason)
+    .bind(rules_json(&r.rules))
+    .bind(plugins_json(&r.plugins))
+    .bind(r.counter_offer.as_ref().map(counter_offer_json))
+    .bind(i64::from(r.policy_version))
+    .bind(i64_of(r.created_at_ms))
+    .bind(r.expires_at_ms.map(i64_of))
+    .bind(r.decided_at_ms.map(i64_of))
+    .bind(r.decision_method.map(Method::as_str))
+    .bind(r.decider.as_deref())
+    .bind(r.decision_reason.as_deref())
+    .bind(r.revised_params.as_ref().map(serde_json::Value::to_string))
+    .bind(r.revised_params_hash.as_deref())
+    .bind(r.token.as_ref().map(|t| t.id.clone()))
+    .bind(r.token.as_ref().map(|t| t.token.clone()))
+    .bind(r.token.as_ref().map(|t| i64_of(t.expires_at_ms)))
+    .bind(r.retry_after_ms.map(i64_of))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+// ---- the lifecycle ---------------------------------------------------------------------------
+
+/// What [`insert`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The record was stored as given.
+    Stored,
+    /// The actor is over its hourly limit of requests for a human: nothing was stored, and the
+    /// oldest counted request leaves the window at `retry_after_ms`.
+    OverLimit { retry_after_ms: u64 },
+    /// Another request with the same idempotency key, or an identical pending one, got there
+    /// first (a unique index refused this one): reload it.
+    Conflict,
+}
+
+/// The hour rate limits count over.
+pub const RATE_WINDOW_MS: u64 = 3_600_000;
+
+/// Stores a new record. When it goes to a human (`limit` is `Some`), the actor's requests for a
+/// human in the last hour are counted first, in the same transaction and serialized per actor
+/// (across processes too), and the record is refused at the limit.
+///
+/// # Errors
+/// A database failure.
+pub async fn insert(
+    db: &Db,
+    record: &ApprovalRecord,
+    limit: Option<u32>,
+) -> Result<Inserted, StoreError> {
+    let mut tx = db.pool().begin().await?;
+    if let Some(limit) = limit {
+        // Writing first takes the actor's row lock on PostgreSQL and the write lock on SQLite,
+        // so the count below cannot interleave with another insert for this actor.
+        sqlx::query(
+            "INSERT INTO actor_rate_locks (vendor, actor, requests) VALUES ($1, $2, 1)
+             ON CONFLICT (vendor, actor) DO UPDATE SET requests = actor_rate_locks.requests + 1",
+        )
+        .bind(&record.vendor)
+        .bind(&record.actor)
+        .execute(&mut *tx)
+        .await?;
+        let since = record.created_at_ms.saturating_sub(RATE_WINDOW_MS);
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(created_at_ms) AS oldest FROM approvals
+             WHERE vendor = $1 AND actor = $2 AND escalated = 1 AND created_at_ms > $3",
+        )
+        .bind(&record.vendor)
+        .bind(&record.actor)
+        .bind(i64_of(since))
+        .fetch_one(&mut *tx)
+        .await?;
+        let counted = u64_of(row.try_get("n")?);
+        if counted >= u64::from(limit) {
+            let oldest = row
+                .try_get::<Option<i64>, _>("oldest")?
+                .map_or(record.created_at_ms, u64_of);
+            tx.rollback().await?;
+            return Ok(Inserted::OverLimit {
+                retry_after_ms: oldest + RATE_WINDOW_MS,
+            });
+        }
+    }
+    match insert_record(&mut tx, record).await {
+        Ok(()) => {
+            tx.commit().await?;
+            Ok(Inserted::Stored)
+        }
+        Err(e) if e.is_unique_violation() => {
+            tx.rollback().await?;
+            Ok(Inserted::Conflict)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Stores a record no lock or limit applies to (a rate-limit refusal).
+///
+/// # Errors
+/// A database failure; a unique violation is reported as [`Inserted::Conflict`].
+pub async fn insert_plain(db: &Db, record: &ApprovalRecord) -> Result<Inserted, StoreError> {
+    insert(db, record, None).await
+}
+
+/// The record with this id.
+///
+/// # Errors
+/// A database failure or a corrupt row.
+pub async fn get(db: &Db, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+    sqlx::query(&format!("SELECT {COLUMNS} FROM approvals WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?
+        .as_ref()
+        .map(record_of)
+        .transpose()
+}
+
+/// The record an earlier request with this idempotency key created.
+///
+/// # Errors
+/// A database failure or a corrupt row.
+pub async fn by_idempotency_key(
+    db: &Db,
+    vendor: &str,
+    actor: &str,
+    key: &str,
+) -> Result<Option<ApprovalRecord>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM approvals WHERE vendor = $1 AND actor = $2 AND idempotency_key = $3"
+    ))
+    .bind(vendor)
+    .bind(actor)
+    .bind(key)
+    .fetch_optional(db.pool())
+    .await?
+    .as_ref()
+    .map(record_of)
+    .transpose()
+}
+
+/// The pending request of this actor with these params, if any.
+///
+/// # Errors
+/// A database failure or a corrupt row.
+pub async fn pending_with_params(
+    db: &Db,
+    vendor: &str,
+    actor: &str,
+    params_hash: &str,
+) -> Result<Option<ApprovalRecord>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM approvals WHERE vendor = $1 AND actor = $2 AND params_hash = $3 AND status = 'pending'"
+    ))
+    .bind(vendor)
+    .bind(actor)
+    .bind(params_hash)
+    .fetch_optional(db.pool())
+    .await?
+    .as_ref()
+    .map(record_of)
+    .transpose()
+}
+
+/// How a guardian settles a pending request.
+#[derive(Debug, Clone)]
+pub struct Settlement<'a> {
+    pub status: Status,
+    pub route: Route,
+    pub decider: &'a str,
+    pub reason: Option<&'a str>,
+    pub revised_params: Option<&'a serde_json::Value>,
+    pub revised_params_hash: Option<&'a str>,
+    pub token: Option<&'a IssuedToken>,
+}
+
+/// Settles a pending, unexpired request as the guardian decided. `false` when it was no longer
+/// pending or had expired at `now_ms`: another decision, or the timeout, won.
+///
+/// # Errors
+/// A database failure.
+pub async fn settle_by_guardian(
+    db: &Db,
+    id: &str,
+    s: &Settlement<'_>,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE approvals SET status = $1, route = $2, decided_at_ms = $3, decision_method = 'human',
+             decider = $4, decision_reason = $5, revised_params = $6, revised_params_hash = $7,
+             token_id = $8, token = $9, token_expires_at_ms = $10
+         WHERE id = $11 AND status = 'pending' AND expires_at_ms > $3",
+    )
+    .bind(s.status.as_str())
+    .bind(s.route.as_str())
+    .bind(i64_of(now_ms))
+    .bind(s.decider)
+    .bind(s.reason)
+    .bind(s.revised_params.map(serde_json::Value::to_string))
+    .bind(s.revised_params_hash)
+    .bind(s.token.map(|t| t.id.clone()))
+    .bind(s.token.map(|t| t.token.clone()))
+    .bind(s.token.map(|t| i64_of(t.expires_at_ms)))
+    .bind(id)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Settles every pending request that expired at or before `now_ms` as timed out, at the moment
+/// it expired, and returns their ids. `only` restricts it to one request.
+///
+/// # Errors
+/// A database failure.
+pub async fn settle_expired(
+    db: &Db,
+    now_ms: u64,
+    only: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    let filter = if only.is_some() { "AND id = $2" } else { "" };
+    let query = format!(
+        "UPDATE approvals SET status = 'timed_out', decision_method = 'timeout', decided_at_ms = expires_at_ms
+         WHERE status = 'pending' AND expires_at_ms <= $1 {filter} RETURNING id"
+    );
+    let query = sqlx::query(&query).bind(i64_of(now_ms));
+    let query = match only {
+        Some(id) => query.bind(id),
+        None => query,
+    };
+    query
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get("id").map_err(StoreError::from))
+        .collect()
+}
+
+/// An actor's activity in the last hour and day, and its pending count, as of `now_ms`.
+///
+/// # Errors
+/// A database failure.
+pub async fn history(
+    db: &Db,
+    vendor: &str,
+    actor: &str,
+    now_ms: u64,
+) -> Result<History, StoreError> {
+    let hour = i64_of(now_ms.saturating_sub(RATE_WINDOW_MS));
+    let day = i64_of(now_ms.saturating_sub(24 * RATE_WINDOW_MS));
+    let rows = sqlx::query(
+        "SELECT currency,
+                SUM(CASE WHEN created_at_ms > $3 THEN 1 ELSE 0 END) AS hour_requests,
+                COUNT(*) AS day_requests,
+                SUM(CASE WHEN created_at_ms > $3 AND action = 'payment' THEN 1 ELSE 0 END) AS hour_payments,
+                SUM(CASE WHEN action = 'payment' THEN 1 ELSE 0 END) AS day_payments,
+                SUM(CASE WHEN created_at_ms > $3 AND status = 'denied' THEN 1 ELSE 0 END) AS hour_denied,
+                SUM(CASE WHEN status = 'denied' THEN 1 ELSE 0 END) AS day_denied,
+                CAST(SUM(CASE WHEN created_at_ms > $3 AND status IN ('allowed', 'approved') THEN amount_minor ELSE 0 END) AS BIGINT) AS hour_spend,
+                CAST(SUM(CASE WHEN status IN ('allowed', 'approved') THEN amount_minor ELSE 0 END) AS BIGINT) AS day_spend,
+                SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending
+         FROM approvals WHERE vendor = $1 AND actor = $2 AND created_at_ms > $4
+         GROUP BY currency",
+    )
+    .bind(vendor)
+    .bind(actor)
+    .bind(hour)
+    .bind(day)
+    .fetch_all(db.pool())
+    .await?;
+    let mut history = History::default();
+    let get = |row: &AnyRow, column: &str| -> Result<u64, StoreError> {
+        Ok(row.try_get::<Option<i64>, _>(column)?.map_or(0, u64_of))
+    };
+    let count = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    for row in &rows {
+        let currency: Option<String> = row.try_get("currency")?;
+        let add = |a: &mut Activity, requests, payments, denied, spend: u64| {
+            a.requests = a.requests.saturating_add(count(requests));
+            a.payments = a.payments.saturating_add(count(payments));
+            a.denied = a.denied.saturating_add(count(denied));
+            if let (Some(c), true) = (&currency, spend > 0) {
+                a.approved_spend.push(Money::new(spend, c));
+            }
+        };
+        add(
+            &mut history.last_hour,
+            get(row, "hour_requests")?,
+            get(row, "hour_payments")?,
+            get(row, "hour_denied")?,
+            get(row, "hour_spend")?,
+        );
+        add(
+            &mut history.last_day,
+            get(row, "day_requests")?,
+            get(row, "day_payments")?,
+            get(row, "day_denied")?,
+            get(row, "day_spend")?,
+        );
+        history.pending = history.pending.saturating_add(count(get(row, "pending")?));
+    }
+    Ok(history)
+}
+
+/// Raises a flag for an actor whose volume jumped, unless one was raised in the last hour.
+/// `true` when a new flag was raised.
+///
+/// # Errors
+/// A database failure.
+pub async fn raise_flag(
+    db: &Db,
+    id: &str,
+    vendor: &str,
+    actor: &str,
+    now_ms: u64,
+    last_hour: u32,
+    baseline_per_hour: u32,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO actor_flags (id, vendor, actor, raised_at_ms, last_hour, baseline_per_hour)
+         SELECT $1, $2, $3, $4, $5, $6
+         WHERE NOT EXISTS (SELECT 1 FROM actor_flags WHERE vendor = $2 AND actor = $3 AND raised_at_ms > $7)",
+    )
+    .bind(id)
+    .bind(vendor)
+    .bind(actor)
+    .bind(i64_of(now_ms))
+    .bind(i64::from(last_hour))
+    .bind(i64::from(baseline_per_hour))
+    .bind(i64_of(now_ms.saturating_sub(RATE_WINDOW_MS)))
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A raised volume flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    pub id: String,
+    pub vendor: String,
+    pub actor: String,
+    pub raised_at_ms: u64,
+    pub last_hour: u32,
+    pub baseline_per_hour: u32,
+}
+
+/// The vendor's flags raised since `since_ms`, newest first.
+///
+/// # Errors
+/// A database failure.
+pub async fn flags(db: &Db, vendor: &str, since_ms: u64) -> Result<Vec<Flag>, StoreError> {
+    sqlx::query(
+        "SELECT id, vendor, actor, raised_at_ms, last_hour, baseline_per_hour FROM actor_flags
+         WHERE vendor = $1 AND raised_at_ms >= $2 ORDER BY raised_at_ms DESC",
+    )
+    .bind(vendor)
+    .bind(i64_of(since_ms))
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Flag {
+            id: r.try_get("id")?,
+            vendor: r.try_get("vendor")?,
+            actor: r.try_get("actor")?,
+            raised_at_ms: u64_of(r.try_get("raised_at_ms")?),
+            last_hour: u32::try_from(r.try_get::<i64, _>("last_hour")?).unwrap_or(u32::MAX),
+            baseline_per_hour: u32::try_from(r.try_get::<i64, _>("baseline_per_hour")?)
+                .unwrap_or(u32::MAX),
+        })
+    })
+    .collect()
+}
+
+/// The pending requests of the actors `guardian` guards, oldest first.
+///
+/// # Errors
+/// A database failure or a corrupt row.
+pub async fn pending_for_guardian(
+    db: &Db,
+    guardian: &str,
+) -> Result<Vec<ApprovalRecord>, StoreError> {
+    let columns = COLUMNS
+        .split(", ")
+        .map(|c| format!("a.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    sqlx::query(&format!(
+        "SELECT {columns} FROM approvals a JOIN actor_guardians g ON g.vendor = a.vendor AND g.actor = a.actor
+         WHERE g.guardian = $1 AND a.status = 'pending' ORDER BY a.created_at_ms"
+    ))
+    .bind(guardian)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(record_of)
+    .collect()
+}

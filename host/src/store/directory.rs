@@ -1,0 +1,251 @@
+//! SQL for who is who: vendors, their actors (devices) with context tags and guardians, and the
+//! versioned policy documents (vendor templates and per-actor overrides).
+
+use sqlx::Row as _;
+
+use super::{Db, StoreError, i64_of, u64_of};
+
+/// A registered actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorRow {
+    pub vendor: String,
+    pub id: String,
+    pub context_tags: Vec<String>,
+    pub guardians: Vec<String>,
+}
+
+/// One stored version of a policy document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentVersion {
+    pub version: u32,
+    pub document: String,
+    pub changed_by: String,
+    pub changed_at_ms: u64,
+}
+
+/// Creates a vendor; `false` when it already exists.
+///
+/// # Errors
+/// A database failure.
+pub async fn create_vendor(db: &Db, id: &str, name: &str, now_ms: u64) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO vendors (id, name, created_at_ms) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(i64_of(now_ms))
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether the vendor exists.
+///
+/// # Errors
+/// A database failure.
+pub async fn vendor_exists(db: &Db, id: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query("SELECT 1 FROM vendors WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?
+        .is_some())
+}
+
+/// Registers an actor, or replaces the tags and guardians of an existing one.
+///
+/// # Errors
+/// A database failure (including an unknown vendor).
+pub async fn upsert_actor(db: &Db, actor: &ActorRow, now_ms: u64) -> Result<(), StoreError> {
+    let tags = serde_json::to_string(&actor.context_tags).unwrap_or_else(|_| "[]".into());
+    let mut tx = db.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO actors (vendor, id, context_tags, created_at_ms) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (vendor, id) DO UPDATE SET context_tags = excluded.context_tags",
+    )
+    .bind(&actor.vendor)
+    .bind(&actor.id)
+    .bind(tags)
+    .bind(i64_of(now_ms))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM actor_guardians WHERE vendor = $1 AND actor = $2")
+        .bind(&actor.vendor)
+        .bind(&actor.id)
+        .execute(&mut *tx)
+        .await?;
+    for guardian in &actor.guardians {
+        sqlx::query(
+            "INSERT INTO actor_guardians (vendor, actor, guardian) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(&actor.vendor)
+        .bind(&actor.id)
+        .bind(guardian)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The actor, if registered with this vendor.
+///
+/// # Errors
+/// A database failure, or corrupt stored tags.
+pub async fn actor(db: &Db, vendor: &str, id: &str) -> Result<Option<ActorRow>, StoreError> {
+    let Some(row) = sqlx::query("SELECT context_tags FROM actors WHERE vendor = $1 AND id = $2")
+        .bind(vendor)
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let context_tags = serde_json::from_str(&row.try_get::<String, _>("context_tags")?)
+        .map_err(|e| StoreError::Corrupt(format!("actor tags: {e}")))?;
+    let guardians = sqlx::query(
+        "SELECT guardian FROM actor_guardians WHERE vendor = $1 AND actor = $2 ORDER BY guardian",
+    )
+    .bind(vendor)
+    .bind(id)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|r| r.try_get("guardian"))
+    .collect::<Result<_, _>>()?;
+    Ok(Some(ActorRow {
+        vendor: vendor.to_owned(),
+        id: id.to_owned(),
+        context_tags,
+        guardians,
+    }))
+}
+
+/// Whether `guardian` guards the actor.
+///
+/// # Errors
+/// A database failure.
+pub async fn guards(
+    db: &Db,
+    vendor: &str,
+    actor: &str,
+    guardian: &str,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "SELECT 1 FROM actor_guardians WHERE vendor = $1 AND actor = $2 AND guardian = $3",
+    )
+    .bind(vendor)
+    .bind(actor)
+    .bind(guardian)
+    .fetch_optional(db.pool())
+    .await?
+    .is_some())
+}
+
+/// Which versioned document table a call is about.
+#[derive(Debug, Clone, Copy)]
+pub enum DocumentKind<'a> {
+    /// A vendor's policy template.
+    Template { vendor: &'a str },
+    /// A guardian's overrides for one actor.
+    Overrides { vendor: &'a str, actor: &'a str },
+}
+
+impl DocumentKind<'_> {
+    fn table_and_filter(&self) -> (&'static str, &'static str) {
+        match self {
+            DocumentKind::Template { .. } => ("policy_templates", "vendor = $1"),
+            DocumentKind::Overrides { .. } => ("actor_overrides", "vendor = $1 AND actor = $2"),
+        }
+    }
+}
+
+fn document_of(row: &sqlx::any::AnyRow) -> Result<DocumentVersion, StoreError> {
+    Ok(DocumentVersion {
+        version: u32::try_from(row.try_get::<i64, _>("version")?)
+            .map_err(|_| StoreError::Corrupt("document version out of range".into()))?,
+        document: row.try_get("document")?,
+        changed_by: row.try_get("changed_by")?,
+        changed_at_ms: u64_of(row.try_get("changed_at_ms")?),
+    })
+}
+
+/// Stores `document` as the next version and returns it.
+///
+/// # Errors
+/// A database failure (including an unknown vendor or actor).
+pub async fn insert_document(
+    db: &Db,
+    kind: DocumentKind<'_>,
+    document: &str,
+    changed_by: &str,
+    now_ms: u64,
+) -> Result<u32, StoreError> {
+    let (table, filter) = kind.table_and_filter();
+    // Two writers racing for the same version number: the loser retries with the next one.
+    for _ in 0..8 {
+        let sql =
+            format!("SELECT COALESCE(MAX(version), 0) + 1 AS next FROM {table} WHERE {filter}");
+        let next = sqlx::query(&sql);
+        let next = match kind {
+            DocumentKind::Template { vendor } => next.bind(vendor),
+            DocumentKind::Overrides { vendor, actor } => next.bind(vendor).bind(actor),
+        };
+        let version: i64 = next.fetch_one(db.pool()).await?.try_get("next")?;
+        let insert = match kind {
+            DocumentKind::Template { vendor } => sqlx::query(
+                "INSERT INTO policy_templates (vendor, version, document, changed_by, changed_at_ms) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(vendor),
+            DocumentKind::Overrides { vendor, actor } => sqlx::query(
+                "INSERT INTO actor_overrides (vendor, actor, version, document, changed_by, changed_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(vendor)
+            .bind(actor),
+        };
+        let inserted = insert
+            .bind(version)
+            .bind(document)
+            .bind(changed_by)
+            .bind(i64_of(now_ms))
+            .execute(db.pool())
+            .await
+            .map_err(StoreError::from);
+        match inserted {
+            Ok(_) => {
+                return u32::try_from(version)
+                    .map_err(|_| StoreError::Corrupt("document version out of range".into()));
+            }
+            Err(e) if e.is_unique_violation() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Corrupt(
+        "could not allocate a document version after 8 attempts".into(),
+    ))
+}
+
+/// Every version of a document, newest first (at most `limit`).
+///
+/// # Errors
+/// A database failure.
+pub async fn documents(
+    db: &Db,
+    kind: DocumentKind<'_>,
+    limit: u32,
+) -> Result<Vec<DocumentVersion>, StoreError> {
+    let (table, filter) = kind.table_and_filter();
+    let sql = format!(
+        "SELECT version, document, changed_by, changed_at_ms FROM {table} WHERE {filter} ORDER BY version DESC LIMIT {limit}"
+    );
+    let query = sqlx::query(&sql);
+    let query = match kind {
+        DocumentKind::Template { vendor } => query.bind(vendor),
+        DocumentKind::Overrides { vendor, actor } => query.bind(vendor).bind(actor),
+    };
+    query
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(document_of)
+        .collect()
+}
