@@ -5,14 +5,19 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use approval_host::approvals::record::{ApprovalRecord, Provenance, Status};
+use approval_host::approvals::{ApprovalConfig, ApprovalService, GuardianDecision, NewRequest};
+use approval_host::clock::SystemClock;
 use approval_host::plugin::registry::{PluginRegistry, PluginState};
 use approval_host::plugin::{
     CallReport, LoadedPlugin, PluginIdentity, PluginLimits, PluginRuntime, RuntimeConfig,
 };
+use approval_host::policy::document::TemplateDoc;
 use approval_host::risk::{
     Action, ClassifyInput, CounterOffer, EffectivePolicy, History, Money, RiskRequest,
 };
 use approval_host::store::Db;
+use approval_host::token::{TokenConfig, TokenIssuer};
 
 /// The example plugin, built from plugins/velocity by the build script.
 const EXAMPLE_PLUGIN: &[u8] =
@@ -210,7 +215,9 @@ async fn demo(data_dir: &Path) -> anyhow::Result<()> {
         data_dir.join("approval-host.db").display()
     );
     let db = Db::connect(&url).await?;
-    let registry = PluginRegistry::open(runtime(Some(data_dir.join("plugin-cache")))?, db).await?;
+    let registry = Arc::new(
+        PluginRegistry::open(runtime(Some(data_dir.join("plugin-cache")))?, db.clone()).await?,
+    );
     let vendor = "demo-toys";
     let uploaded = registry
         .upload(vendor, EXAMPLE_PLUGIN, None, now_ms())
@@ -260,12 +267,94 @@ async fn demo(data_dir: &Path) -> anyhow::Result<()> {
                 .await,
         );
     }
+    approvals_demo(&db, registry, vendor).await?;
     println!(
         "\nWhat to try next:\n  \
          approval-host plugin check <your-plugin.wasm>\n  \
          approval-host plugin try <your-plugin.wasm> --amount 60000 --category gambling\n  \
-         cargo test    # the whole suite (see README.md)\n\
-         The HTTP API, the approval queue and the audit log are being built next (see README.md, Status)."
+         ./scripts/test    # the whole suite (see README.md)\n\
+         The HTTP API, push to guardians and the audit log are being built next (see README.md, Status)."
     );
     Ok(())
+}
+
+/// Walks one device through the approval engine: an allowed request with its token, a ¥600
+/// payment that waits for a guardian, and the guardian's counter-offer of ¥300.
+async fn approvals_demo(
+    db: &Db,
+    registry: Arc<PluginRegistry>,
+    vendor: &str,
+) -> anyhow::Result<()> {
+    let tokens = TokenIssuer::open(db, TokenConfig::default(), now_ms()).await?;
+    let service = ApprovalService::new(
+        db.clone(),
+        registry,
+        Arc::new(tokens),
+        Arc::new(SystemClock),
+        ApprovalConfig::default(),
+    );
+    service.create_vendor(vendor, "Demo Toys").await?;
+    // The platform's longest plugin deadline, so a cold first call on a busy laptop still answers.
+    let template = TemplateDoc::parse(r#"{"plugin_limits":{"deadline_ms":250}}"#)?;
+    service.set_template(vendor, &template, "demo").await?;
+    let (actor, guardian) = ("teddy-bear", "parent-1");
+    service
+        .register_actor(vendor, actor, &["toy".into()], &[guardian.into()])
+        .await?;
+    println!("\nThe approval engine, for device `{actor}` guarded by `{guardian}`:");
+    let ask = |amount: u64, recipient: &str| NewRequest {
+        vendor: vendor.into(),
+        actor: actor.into(),
+        action: "payment".into(),
+        params: serde_json::json!({"amount": amount, "currency": "CNY", "recipient": recipient}),
+        idempotency_key: None,
+        provenance: Provenance {
+            surface: "voice".into(),
+            tool: Some("demo".into()),
+        },
+    };
+    let small = service.request(ask(2_000, "toy-shop")).await?.record;
+    print_record("A ¥20 payment", &small);
+    let big = service.request(ask(60_000, "toy-shop")).await?.record;
+    print_record("A ¥600 payment", &big);
+    let counter = serde_json::json!({"amount": 30_000, "currency": "CNY", "recipient": "toy-shop"});
+    let revised = service
+        .decide(
+            &big.id,
+            guardian,
+            GuardianDecision::Revise {
+                params: counter.clone(),
+            },
+        )
+        .await?;
+    print_record("The guardian counter-offers ¥300", &revised);
+    if let Some(token) = &revised.token {
+        let now = now_ms();
+        let verifier = service.tokens().verifier(now);
+        let for_300 = verifier.verify(&token.token, &counter, now).is_ok();
+        let for_600 = verifier.verify(&token.token, &big.params, now).is_ok();
+        println!(
+            "  the token verifies offline against the JWKS for ¥300: {for_300}; for the ¥600 asked: {for_600}"
+        );
+    }
+    Ok(())
+}
+
+fn print_record(title: &str, record: &ApprovalRecord) {
+    println!(
+        "{title}: {} (route {})",
+        record.status.as_str(),
+        record.route.as_str()
+    );
+    if let Some(rule) = &record.rule_fired {
+        println!("  rule {rule}: {}", record.reason);
+    }
+    if let (Some(expires), Status::Pending) = (record.expires_at_ms, record.status) {
+        let secs = expires.saturating_sub(now_ms()) / 1000;
+        println!("  approval id {}, expires in {secs} s", record.id);
+    }
+    if let Some(token) = &record.token {
+        let head: String = token.token.chars().take(40).collect();
+        println!("  capability token {head}... (id {})", token.id);
+    }
 }

@@ -23,6 +23,37 @@ impl Money {
     }
 }
 
+impl Money {
+    /// Decimal places of the currency's minor unit (ISO 4217): 0 for JPY, 3 for KWD, else 2.
+    pub fn exponent(&self) -> u32 {
+        match self.currency.as_str() {
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF"
+            | "UGX" | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+            "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+            _ => 2,
+        }
+    }
+}
+
+/// "600.00 CNY": the amount in major units, for people to read.
+impl std::fmt::Display for Money {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let exponent = self.exponent();
+        let scale = 10u64.pow(exponent);
+        let (major, minor) = (self.minor_units / scale, self.minor_units % scale);
+        if exponent == 0 {
+            write!(f, "{major} {}", self.currency)
+        } else {
+            write!(
+                f,
+                "{major}.{minor:0width$} {}",
+                self.currency,
+                width = exponent as usize
+            )
+        }
+    }
+}
+
 /// What an agent asks to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -175,6 +206,14 @@ pub struct PluginInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn money_reads_in_major_units() {
+        assert_eq!(Money::new(60_000, "CNY").to_string(), "600.00 CNY");
+        assert_eq!(Money::new(5, "USD").to_string(), "0.05 USD");
+        assert_eq!(Money::new(600, "JPY").to_string(), "600 JPY");
+        assert_eq!(Money::new(1_500, "KWD").to_string(), "1.500 KWD");
+    }
 
     #[test]
     fn the_strictest_decision_is_the_maximum() {

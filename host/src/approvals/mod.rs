@@ -782,7 +782,8 @@ impl ApprovalService {
         Ok(ids.len())
     }
 
-    /// Runs [`Self::sweep`] every `every` until the returned handle is aborted.
+    /// Runs [`Self::sweep`] every `every` until the returned handle is aborted, and picks up a
+    /// signing key another replica rotated to (keep `every` well below the token TTL).
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let service = Arc::clone(self);
         tokio::spawn(async move {
@@ -792,6 +793,13 @@ impl ApprovalService {
                 tick.tick().await;
                 if let Err(e) = service.sweep().await {
                     tracing::warn!(error = %e, "approval sweep failed");
+                }
+                if let Err(e) = service
+                    .tokens
+                    .refresh(&service.db, service.clock.now_ms())
+                    .await
+                {
+                    tracing::warn!(error = %e, "reloading the token signing keys failed");
                 }
             }
         })

@@ -455,8 +455,8 @@ pub fn builtin_hits(
                     Decision::Escalate,
                     rules::SPEND_THRESHOLD,
                     format!(
-                        "payment of {} {} is above the threshold of {} {}",
-                        amount.minor_units, amount.currency, limit, amount.currency
+                        "a payment of {amount} is above the threshold of {}",
+                        Money::new(limit, &amount.currency)
                     ),
                 ),
                 Some(_) => {}
