@@ -35,16 +35,16 @@ struct Host {
 }
 
 async fn host_with(db: &TestDb, clock: ManualClock, config: ApprovalConfig) -> Host {
-    let registry = Arc::new(
-        PluginRegistry::open(runtime(), db.db.clone())
-            .await
-            .unwrap(),
-    );
-    let tokens = TokenIssuer::open(&db.db, TokenConfig::default(), clock.now_ms())
+    host_on(db.db.clone(), clock, config).await
+}
+
+async fn host_on(db: approval_host::store::Db, clock: ManualClock, config: ApprovalConfig) -> Host {
+    let registry = Arc::new(PluginRegistry::open(runtime(), db.clone()).await.unwrap());
+    let tokens = TokenIssuer::open(&db, TokenConfig::default(), clock.now_ms())
         .await
         .unwrap();
     let service = Arc::new(ApprovalService::new(
-        db.db.clone(),
+        db.clone(),
         Arc::clone(&registry),
         Arc::new(tokens),
         Arc::new(clock.clone()),
@@ -752,4 +752,46 @@ async fn volume_flag(db: TestDb) {
         .filter(|e| matches!(e, ApprovalEvent::Flagged(_)))
         .count();
     assert_eq!(flagged, 1);
+}
+
+on_both_backends!(
+    two_replicas_agree_on_one_winner_and_one_timeout,
+    two_replicas
+);
+async fn two_replicas(db: TestDb) {
+    let a = host(&db).await;
+    // A second host process: its own connection pool, registry, key cache and clock.
+    let other_pool = approval_host::store::Db::connect(&db.url).await.unwrap();
+    let b = host_on(other_pool, a.clock.clone(), ApprovalConfig::default()).await;
+    let id = ask(&a, pay(60_000)).await.record.id;
+    let joined = ask(&b, pay(60_000)).await;
+    assert_eq!(
+        (joined.relation, joined.record.id.as_str()),
+        (Relation::JoinedPending, id.as_str())
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let service = Arc::clone(if i % 2 == 0 { &a.service } else { &b.service });
+        let id = id.clone();
+        let decision = if i % 4 < 2 {
+            GuardianDecision::Approve
+        } else {
+            GuardianDecision::Deny { reason: None }
+        };
+        tasks.spawn(async move { service.decide(&id, MOM, decision).await.is_ok() });
+    }
+    let mut winners = 0;
+    while let Some(won) = tasks.join_next().await {
+        winners += usize::from(won.unwrap());
+    }
+    assert_eq!(winners, 1, "one winner across both replicas");
+
+    // Both sweepers run at once over requests that expired: each is settled exactly once.
+    for i in 0..10u64 {
+        ask(if i % 2 == 0 { &a } else { &b }, pay(70_000 + i)).await;
+    }
+    a.clock.advance(Duration::from_secs(301));
+    let (sa, sb) = tokio::join!(a.service.sweep(), b.service.sweep());
+    assert_eq!(sa.unwrap() + sb.unwrap(), 10);
 }

@@ -93,10 +93,38 @@ pub fn input(id: &str, action: Action) -> ClassifyInput {
     }
 }
 
-/// A temporary database; dropping it removes the SQLite file or the PostgreSQL schema.
+/// A temporary database; dropping it removes the SQLite file or drops the PostgreSQL schema.
 pub struct TestDb {
     pub db: Db,
+    /// The URL `db` was opened with: open it again for a second "replica".
+    pub url: String,
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL schema to drop when the test ends.
+    schema: Option<String>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(schema) = self.schema.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime: clean up on a thread of our own.
+        let cleanup = std::thread::spawn(move || {
+            use sqlx::Connection as _;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::AnyConnection::connect(&postgres_url()).await {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
 }
 
 /// The PostgreSQL server tests use (`APPROVAL_HOST_TEST_POSTGRES` overrides it).
@@ -110,7 +138,9 @@ pub async fn sqlite() -> TestDb {
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("host.db").display());
     TestDb {
         db: Db::connect(&url).await.unwrap(),
+        url,
         _dir: Some(dir),
+        schema: None,
     }
 }
 
@@ -141,7 +171,9 @@ pub async fn postgres() -> TestDb {
     let url = format!("{}{sep}options=-c%20search_path%3D{schema}", postgres_url());
     TestDb {
         db: Db::connect(&url).await.unwrap(),
+        url,
         _dir: None,
+        schema: Some(schema),
     }
 }
 
