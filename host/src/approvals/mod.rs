@@ -373,7 +373,8 @@ impl ApprovalService {
         let action =
             action::parse(&new.action, &new.params).map_err(ApprovalError::InvalidRequest)?;
         let params_hash = canonical::params_hash(&new.params)?;
-        let Some(actor) = directory::actor(&self.db, &new.vendor, &new.actor).await? else {
+        let Some(context_tags) = directory::context_tags(&self.db, &new.vendor, &new.actor).await?
+        else {
             return Err(ApprovalError::UnknownActor);
         };
         if let Some(key) = &new.idempotency_key {
@@ -401,7 +402,7 @@ impl ApprovalService {
                 id: id.clone(),
                 vendor: new.vendor.clone(),
                 actor: new.actor.clone(),
-                device_context: actor.context_tags.clone(),
+                device_context: context_tags,
                 action: action.clone(),
                 requested_at_ms: now,
             },
@@ -420,7 +421,13 @@ impl ApprovalService {
                 record.route = Route::Allow;
                 record.decided_at_ms = Some(now);
                 record.decision_method = Some(Method::Policy);
-                record.token = Some(self.mint(&record, &action, DecisionMethod::Policy, now)?);
+                record.token = Some(self.mint(
+                    &record,
+                    &record.params_hash,
+                    &action,
+                    DecisionMethod::Policy,
+                    now,
+                )?);
                 None
             }
             Decision::Deny => {
@@ -477,7 +484,13 @@ impl ApprovalService {
                     record.actor, template.max_approval_requests_per_hour
                 );
                 record.retry_after_ms = Some(retry_after_ms);
-                rows::insert_plain(&self.db, &record).await?;
+                // Only a racing request with the same idempotency key can conflict here.
+                if rows::insert(&self.db, &record, None).await? == Inserted::Conflict
+                    && let Some(key) = &new.idempotency_key
+                    && let Some(found) = self.replay(&new, key, &record.params_hash).await?
+                {
+                    return Ok(found);
+                }
                 record
             }
         };
@@ -642,24 +655,23 @@ impl ApprovalService {
         }
     }
 
+    /// A token for `record`'s request as executed: `action` with params hashing to `params_hash`
+    /// (the amended ones for a revision).
     fn mint(
         &self,
         record: &ApprovalRecord,
+        params_hash: &str,
         action: &Action,
         method: DecisionMethod,
         now: u64,
     ) -> Result<IssuedToken, ApprovalError> {
-        let (params_hash, grant) = match &record.revised_params_hash {
-            Some(hash) => (hash.clone(), grant_of(action)),
-            None => (record.params_hash.clone(), grant_of(action)),
-        };
         let minted = self.tokens.mint(
             &CapabilityClaims {
                 vendor: record.vendor.clone(),
                 actor: record.actor.clone(),
                 action: record.action.clone(),
-                params_hash,
-                grant,
+                params_hash: params_hash.to_owned(),
+                grant: grant_of(action),
                 approval_id: record.id.clone(),
                 decision_method: method,
             },
@@ -732,14 +744,19 @@ impl ApprovalService {
         let now = self.clock.now_ms();
         match record.expires_at_ms {
             Some(expires) if record.status == Status::Pending && expires <= now => {
-                let settled = rows::settle_expired(&self.db, now, Some(&record.id)).await?;
-                let fresh = rows::get(&self.db, &record.id)
+                match rows::settle_expired(&self.db, now, Some(&record.id))
                     .await?
-                    .ok_or(ApprovalError::NotFound)?;
-                if !settled.is_empty() {
-                    self.publish(ApprovalEvent::Settled(Box::new(fresh.clone())));
+                    .pop()
+                {
+                    Some(settled) => {
+                        self.publish(ApprovalEvent::Settled(Box::new(settled.clone())));
+                        Ok(settled)
+                    }
+                    // Another caller or replica settled it first.
+                    None => rows::get(&self.db, &record.id)
+                        .await?
+                        .ok_or(ApprovalError::NotFound),
                 }
-                Ok(fresh)
             }
             _ => Ok(record),
         }
@@ -773,13 +790,12 @@ impl ApprovalService {
     /// # Errors
     /// A database failure.
     pub async fn sweep(&self) -> Result<usize, ApprovalError> {
-        let ids = rows::settle_expired(&self.db, self.clock.now_ms(), None).await?;
-        for id in &ids {
-            if let Some(record) = rows::get(&self.db, id).await? {
-                self.publish(ApprovalEvent::Settled(Box::new(record)));
-            }
+        let settled = rows::settle_expired(&self.db, self.clock.now_ms(), None).await?;
+        let count = settled.len();
+        for record in settled {
+            self.publish(ApprovalEvent::Settled(Box::new(record)));
         }
-        Ok(ids.len())
+        Ok(count)
     }
 
     /// Runs [`Self::sweep`] every `every` until the returned handle is aborted, and picks up a
@@ -832,20 +848,10 @@ impl ApprovalService {
         let now = self.clock.now_ms();
         let original = action::parse(&record.action, &record.params)
             .map_err(|e| StoreError::Corrupt(format!("stored params: {e}")))?;
-        let mut pending = record.clone();
-        let (status, route, reason, token, revised) = match &decision {
-            GuardianDecision::Approve => {
-                let token = self.mint(&pending, &original, DecisionMethod::Human, now)?;
-                (
-                    Status::Approved,
-                    Route::HumanReview,
-                    None,
-                    Some(token),
-                    None,
-                )
-            }
+        let (status, route, reason, revision) = match &decision {
+            GuardianDecision::Approve => (Status::Approved, Route::HumanReview, None, None),
             GuardianDecision::Deny { reason } => {
-                (Status::Denied, Route::Stop, reason.clone(), None, None)
+                (Status::Denied, Route::Stop, reason.as_deref(), None)
             }
             GuardianDecision::Revise { params } => {
                 let amended = action::parse(&record.action, params)
@@ -853,34 +859,43 @@ impl ApprovalService {
                 action::check_narrower(&original, &amended)
                     .map_err(ApprovalError::RevisionNotNarrower)?;
                 let hash = canonical::params_hash(params)?;
-                pending.revised_params_hash = Some(hash.clone());
-                let token = self.mint(&pending, &amended, DecisionMethod::Human, now)?;
                 (
                     Status::Revised,
                     Route::Revise,
                     None,
-                    Some(token),
-                    Some((params, hash)),
+                    Some((params, amended, hash)),
                 )
             }
+        };
+        let token = match (status, &revision) {
+            (Status::Denied, _) => None,
+            (_, Some((_, amended, hash))) => {
+                Some(self.mint(&record, hash, amended, DecisionMethod::Human, now)?)
+            }
+            (_, None) => Some(self.mint(
+                &record,
+                &record.params_hash,
+                &original,
+                DecisionMethod::Human,
+                now,
+            )?),
         };
         let settlement = Settlement {
             status,
             route,
             decider: guardian,
-            reason: reason.as_deref(),
-            revised_params: revised.map(|(p, _)| p),
-            revised_params_hash: pending.revised_params_hash.as_deref(),
+            reason,
+            revised_params: revision.as_ref().map(|r| r.0),
+            revised_params_hash: revision.as_ref().map(|r| r.2.as_str()),
             token: token.as_ref(),
         };
-        let won = rows::settle_by_guardian(&self.db, id, &settlement, now).await?;
+        if let Some(settled) = rows::settle_by_guardian(&self.db, id, &settlement, now).await? {
+            self.publish(ApprovalEvent::Settled(Box::new(settled.clone())));
+            return Ok(settled);
+        }
         let fresh = rows::get(&self.db, id)
             .await?
             .ok_or(ApprovalError::NotFound)?;
-        if won {
-            self.publish(ApprovalEvent::Settled(Box::new(fresh.clone())));
-            return Ok(fresh);
-        }
         let fresh = self.settle_if_expired(fresh).await?;
         Err(match fresh.status {
             Status::TimedOut => ApprovalError::Expired(Box::new(fresh)),

@@ -389,14 +389,6 @@ pub async fn insert(
     }
 }
 
-/// Stores a record no lock or limit applies to (a rate-limit refusal).
-///
-/// # Errors
-/// A database failure; a unique violation is reported as [`Inserted::Conflict`].
-pub async fn insert_plain(db: &Db, record: &ApprovalRecord) -> Result<Inserted, StoreError> {
-    insert(db, record, None).await
-}
-
 /// The record with this id.
 ///
 /// # Errors
@@ -469,8 +461,9 @@ pub struct Settlement<'a> {
     pub token: Option<&'a IssuedToken>,
 }
 
-/// Settles a pending, unexpired request as the guardian decided. `false` when it was no longer
-/// pending or had expired at `now_ms`: another decision, or the timeout, won.
+/// Settles a pending, unexpired request as the guardian decided and returns the settled record;
+/// `None` when it was no longer pending or had expired at `now_ms`: another decision, or the
+/// timeout, won.
 ///
 /// # Errors
 /// A database failure.
@@ -479,13 +472,13 @@ pub async fn settle_by_guardian(
     id: &str,
     s: &Settlement<'_>,
     now_ms: u64,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+) -> Result<Option<ApprovalRecord>, StoreError> {
+    sqlx::query(&format!(
         "UPDATE approvals SET status = $1, route = $2, decided_at_ms = $3, decision_method = 'human',
              decider = $4, decision_reason = $5, revised_params = $6, revised_params_hash = $7,
              token_id = $8, token = $9, token_expires_at_ms = $10
-         WHERE id = $11 AND status = 'pending' AND expires_at_ms > $3",
-    )
+         WHERE id = $11 AND status = 'pending' AND expires_at_ms > $3 RETURNING {COLUMNS}",
+    ))
     .bind(s.status.as_str())
     .bind(s.route.as_str())
     .bind(i64_of(now_ms))
@@ -497,25 +490,27 @@ pub async fn settle_by_guardian(
     .bind(s.token.map(|t| t.token.clone()))
     .bind(s.token.map(|t| i64_of(t.expires_at_ms)))
     .bind(id)
-    .execute(db.pool())
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .fetch_optional(db.pool())
+    .await?
+    .as_ref()
+    .map(record_of)
+    .transpose()
 }
 
 /// Settles every pending request that expired at or before `now_ms` as timed out, at the moment
-/// it expired, and returns their ids. `only` restricts it to one request.
+/// it expired, and returns the settled records. `only` restricts it to one request.
 ///
 /// # Errors
-/// A database failure.
+/// A database failure or a corrupt row.
 pub async fn settle_expired(
     db: &Db,
     now_ms: u64,
     only: Option<&str>,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<ApprovalRecord>, StoreError> {
     let filter = if only.is_some() { "AND id = $2" } else { "" };
     let query = format!(
         "UPDATE approvals SET status = 'timed_out', decision_method = 'timeout', decided_at_ms = expires_at_ms
-         WHERE status = 'pending' AND expires_at_ms <= $1 {filter} RETURNING id"
+         WHERE status = 'pending' AND expires_at_ms <= $1 {filter} RETURNING {COLUMNS}"
     );
     let query = sqlx::query(&query).bind(i64_of(now_ms));
     let query = match only {
@@ -526,7 +521,7 @@ pub async fn settle_expired(
         .fetch_all(db.pool())
         .await?
         .iter()
-        .map(|r| r.try_get("id").map_err(StoreError::from))
+        .map(record_of)
         .collect()
 }
 
@@ -674,15 +669,11 @@ pub async fn pending_for_guardian(
     db: &Db,
     guardian: &str,
 ) -> Result<Vec<ApprovalRecord>, StoreError> {
-    let columns = COLUMNS
-        .split(", ")
-        .map(|c| format!("a.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    sqlx::query(&format!(
-        "SELECT {columns} FROM approvals a JOIN actor_guardians g ON g.vendor = a.vendor AND g.actor = a.actor
-         WHERE g.guardian = $1 AND a.status = 'pending' ORDER BY a.created_at_ms"
-    ))
+    // Rows are read by column name, so every column of `approvals` will do.
+    sqlx::query(
+        "SELECT a.* FROM approvals a JOIN actor_guardians g ON g.vendor = a.vendor AND g.actor = a.actor
+         WHERE g.guardian = $1 AND a.status = 'pending' ORDER BY a.created_at_ms",
+    )
     .bind(guardian)
     .fetch_all(db.pool())
     .await?

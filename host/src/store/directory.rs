@@ -87,11 +87,15 @@ pub async fn upsert_actor(db: &Db, actor: &ActorRow, now_ms: u64) -> Result<(), 
     Ok(())
 }
 
-/// The actor, if registered with this vendor.
+/// The actor's device context tags, if it is registered with this vendor.
 ///
 /// # Errors
 /// A database failure, or corrupt stored tags.
-pub async fn actor(db: &Db, vendor: &str, id: &str) -> Result<Option<ActorRow>, StoreError> {
+pub async fn context_tags(
+    db: &Db,
+    vendor: &str,
+    id: &str,
+) -> Result<Option<Vec<String>>, StoreError> {
     let Some(row) = sqlx::query("SELECT context_tags FROM actors WHERE vendor = $1 AND id = $2")
         .bind(vendor)
         .bind(id)
@@ -100,8 +104,19 @@ pub async fn actor(db: &Db, vendor: &str, id: &str) -> Result<Option<ActorRow>, 
     else {
         return Ok(None);
     };
-    let context_tags = serde_json::from_str(&row.try_get::<String, _>("context_tags")?)
-        .map_err(|e| StoreError::Corrupt(format!("actor tags: {e}")))?;
+    serde_json::from_str(&row.try_get::<String, _>("context_tags")?)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("actor tags: {e}")))
+}
+
+/// The actor with its guardians, if registered with this vendor.
+///
+/// # Errors
+/// A database failure, or corrupt stored tags.
+pub async fn actor(db: &Db, vendor: &str, id: &str) -> Result<Option<ActorRow>, StoreError> {
+    let Some(context_tags) = context_tags(db, vendor, id).await? else {
+        return Ok(None);
+    };
     let guardians = sqlx::query(
         "SELECT guardian FROM actor_guardians WHERE vendor = $1 AND actor = $2 ORDER BY guardian",
     )
