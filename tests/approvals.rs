@@ -39,12 +39,18 @@ async fn host_with(db: &TestDb, clock: ManualClock, config: ApprovalConfig) -> H
 }
 
 async fn host_on(db: approval_host::store::Db, clock: ManualClock, config: ApprovalConfig) -> Host {
-    let registry = Arc::new(PluginRegistry::open(runtime(), db.clone()).await.unwrap());
+    let audit = common::audit_log_with(&db, Arc::new(clock.clone())).await;
+    let registry = Arc::new(
+        PluginRegistry::open(runtime(), db.clone(), Arc::clone(&audit))
+            .await
+            .unwrap(),
+    );
     let tokens = TokenIssuer::open(&db, TokenConfig::default(), clock.now_ms())
         .await
         .unwrap();
     let service = Arc::new(ApprovalService::new(
         db.clone(),
+        audit,
         Arc::clone(&registry),
         Arc::new(tokens),
         Arc::new(clock.clone()),

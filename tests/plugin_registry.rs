@@ -17,7 +17,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 const VENDOR: &str = "acme-toys";
 
 async fn registry(db: &TestDb) -> PluginRegistry {
-    PluginRegistry::open(runtime(), db.db.clone())
+    PluginRegistry::open(runtime(), db.db.clone(), common::audit_log(&db.db).await)
         .await
         .unwrap()
 }
@@ -153,7 +153,7 @@ async fn lifecycle(db: TestDb) {
     );
 
     // A restarted host loads the same live plugins from the database.
-    let restarted = PluginRegistry::open(runtime(), db.db.clone())
+    let restarted = PluginRegistry::open(runtime(), db.db.clone(), common::audit_log(&db.db).await)
         .await
         .unwrap();
     let live = restarted.live(VENDOR);

@@ -7,6 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use approval_host::approvals::record::{ApprovalRecord, Provenance, Status};
 use approval_host::approvals::{ApprovalConfig, ApprovalService, GuardianDecision, NewRequest};
+use approval_host::audit::checkpoint::CheckpointVerifier;
+use approval_host::audit::verify::verify_export;
+use approval_host::audit::{AuditConfig, AuditLog, Receipt, entry};
 use approval_host::clock::SystemClock;
 use approval_host::plugin::registry::{PluginRegistry, PluginState};
 use approval_host::plugin::{
@@ -44,6 +47,67 @@ enum Command {
         /// Where the demo keeps its SQLite database and compiled-plugin cache.
         #[arg(long, default_value = "approval-host-data")]
         data_dir: PathBuf,
+    },
+    /// The tamper-evident audit log: its key, checkpoints, exports, receipts and verification.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// The demo's database, the default of every command that opens one.
+const DEMO_DB: &str = "sqlite://approval-host-data/approval-host.db?mode=rw";
+
+#[derive(Debug, clap::Subcommand)]
+enum AuditCommand {
+    /// Prints the log's verification key (what auditors verify checkpoints and receipts with).
+    Key {
+        /// The host's database (sqlite:... or postgres:...).
+        #[arg(long, default_value = DEMO_DB)]
+        db: String,
+    },
+    /// Signs a checkpoint of the log now (the host also does every few seconds and at shutdown).
+    Checkpoint {
+        #[arg(long, default_value = DEMO_DB)]
+        db: String,
+    },
+    /// Writes the whole log (entries, checkpoints, payloads) as an export file.
+    Export {
+        #[arg(long, default_value = DEMO_DB)]
+        db: String,
+        /// Where to write it (JSON Lines).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verifies an export offline with nothing but the public key: rebuilds the Merkle tree,
+    /// checks every checkpoint's signature and that they describe one growing log, and names
+    /// the first entry or checkpoint that does not verify. Exits with 1 if anything fails.
+    Verify {
+        /// The export file (from `audit export`).
+        #[arg(long)]
+        export: PathBuf,
+        /// The log's verification key (`<origin>+<keyid>+<key>`, from `audit key`).
+        #[arg(long)]
+        key: String,
+        /// A signed checkpoint kept from earlier (e.g. from a receipt) that the log must still
+        /// contain; repeatable.
+        #[arg(long)]
+        trusted: Vec<PathBuf>,
+    },
+    /// Prints the receipt of an approval: its entries with inclusion proofs against a signed
+    /// checkpoint (JSON).
+    Receipt {
+        #[arg(long, default_value = DEMO_DB)]
+        db: String,
+        /// The approval id (`apr_...`).
+        approval_id: String,
+    },
+    /// Verifies a receipt (from `audit receipt` or the API) offline with the public key and
+    /// prints its entries.
+    VerifyReceipt {
+        /// The receipt file (JSON).
+        receipt: PathBuf,
+        /// The log's verification key.
+        #[arg(long)]
+        key: String,
     },
 }
 
@@ -111,6 +175,117 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { data_dir } => demo(&data_dir).await,
+        Command::Audit(command) => audit(command).await,
+    }
+}
+
+async fn open_log(url: &str) -> anyhow::Result<Arc<AuditLog>> {
+    let db = Db::connect(url)
+        .await
+        .with_context(|| format!("opening the database {url}"))?;
+    Ok(AuditLog::open(db, AuditConfig::default(), Arc::new(SystemClock)).await?)
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Key { db } => println!("{}", open_log(&db).await?.vkey()),
+        AuditCommand::Checkpoint { db } => match open_log(&db).await?.checkpoint().await? {
+            Some(c) => print!("{}", c.note),
+            None => println!("the log is empty: nothing to sign"),
+        },
+        AuditCommand::Export { db, out } => {
+            let log = open_log(&db).await?;
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(&out)
+                    .with_context(|| format!("creating {}", out.display()))?,
+            );
+            let written = log.export(&mut file).await?;
+            println!("exported {written} entries to {}", out.display());
+        }
+        AuditCommand::Verify {
+            export,
+            key,
+            trusted,
+        } => {
+            let file = std::fs::File::open(&export)
+                .with_context(|| format!("opening {}", export.display()))?;
+            let trusted = trusted
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let report = verify_export(std::io::BufReader::new(file), &key, &trusted)?;
+            print!("{report}");
+            if !report.ok() {
+                std::process::exit(1);
+            }
+        }
+        AuditCommand::Receipt { db, approval_id } => {
+            println!(
+                "{}",
+                open_log(&db).await?.receipt(&approval_id).await?.to_json()
+            );
+        }
+        AuditCommand::VerifyReceipt { receipt, key } => {
+            let text = std::fs::read_to_string(&receipt)
+                .with_context(|| format!("reading {}", receipt.display()))?;
+            let receipt = Receipt::from_json(&text)?;
+            let entries = receipt.verify(&CheckpointVerifier::new(&key)?)?;
+            println!(
+                "OK: {} entries of {} are in the log signed by {key}",
+                entries.len(),
+                receipt.approval_id
+            );
+            for (e, entry) in receipt.entries.iter().zip(&entries) {
+                println!("  #{} {}", e.index, describe_entry(entry));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line about an entry, for people.
+fn describe_entry(entry: &entry::Entry) -> String {
+    use entry::Event;
+    match &entry.event {
+        Event::RequestReceived { action, actor, .. } => {
+            format!("request_received: {actor} asks for {action}")
+        }
+        Event::PluginClassified {
+            plugin,
+            plugin_version,
+            result,
+            shadow,
+            ..
+        } => {
+            let shadow = if *shadow { " (shadow)" } else { "" };
+            match result {
+                entry::PluginOutcome::Verdict {
+                    decision, rule_id, ..
+                } => {
+                    format!(
+                        "plugin_classified: {plugin} v{plugin_version}{shadow} says {decision} {rule_id}"
+                    )
+                }
+                entry::PluginOutcome::Error { code, .. } => {
+                    format!("plugin_classified: {plugin} v{plugin_version}{shadow} failed: {code}")
+                }
+            }
+        }
+        Event::RuleFired {
+            rule_id, decision, ..
+        } => format!("rule_fired: {rule_id} says {decision}"),
+        Event::Decided {
+            status,
+            method,
+            decider,
+            ..
+        } => match decider {
+            Some(who) => format!("decided: {status} by {method} ({who})"),
+            None => format!("decided: {status} by {method}"),
+        },
+        other => other.kind().to_owned(),
     }
 }
 
@@ -215,8 +390,14 @@ async fn demo(data_dir: &Path) -> anyhow::Result<()> {
         data_dir.join("approval-host.db").display()
     );
     let db = Db::connect(&url).await?;
+    let audit = AuditLog::open(db.clone(), AuditConfig::default(), Arc::new(SystemClock)).await?;
     let registry = Arc::new(
-        PluginRegistry::open(runtime(Some(data_dir.join("plugin-cache")))?, db.clone()).await?,
+        PluginRegistry::open(
+            runtime(Some(data_dir.join("plugin-cache")))?,
+            db.clone(),
+            Arc::clone(&audit),
+        )
+        .await?,
     );
     let vendor = "demo-toys";
     let uploaded = registry
@@ -267,27 +448,76 @@ async fn demo(data_dir: &Path) -> anyhow::Result<()> {
                 .await,
         );
     }
-    approvals_demo(&db, registry, vendor).await?;
+    let asked = approvals_demo(&db, Arc::clone(&audit), registry, vendor).await?;
+    audit_demo(&audit, &asked, data_dir).await?;
     println!(
         "\nWhat to try next:\n  \
          approval-host plugin check <your-plugin.wasm>\n  \
          approval-host plugin try <your-plugin.wasm> --amount 60000 --category gambling\n  \
+         approval-host audit receipt {asked}\n  \
+         approval-host audit verify --export {export} --key {key}\n  \
          ./scripts/test    # the whole suite (see README.md)\n\
-         The HTTP API, push to guardians and the audit log are being built next (see README.md, Status)."
+         The HTTP API and push to guardians are being built next (see README.md, Status).",
+        export = data_dir.join("audit-export.jsonl").display(),
+        key = audit.vkey(),
     );
+    Ok(())
+}
+
+/// Shows the audit log: the ¥600 request's receipt verified with the public key alone, and an
+/// export of the whole log verified offline.
+async fn audit_demo(audit: &AuditLog, approval_id: &str, data_dir: &Path) -> anyhow::Result<()> {
+    println!(
+        "\nThe audit log `{}`, verification key {}:",
+        audit.origin(),
+        audit.vkey()
+    );
+    let receipt = audit.receipt(approval_id).await?;
+    let entries = receipt.verify(&audit.verifier())?;
+    let checkpoint = CheckpointVerifier::new(audit.vkey())?.open(&receipt.checkpoint)?;
+    println!(
+        "  the ¥600 request's receipt: {} entries, each proven in the checkpoint of {} entries:",
+        entries.len(),
+        checkpoint.size
+    );
+    for (e, entry) in receipt.entries.iter().zip(&entries) {
+        println!("    #{} {}", e.index, describe_entry(entry));
+    }
+    let path = data_dir.join("audit-export.jsonl");
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    audit.export(&mut file).await?;
+    drop(file);
+    let report = verify_export(
+        std::io::BufReader::new(std::fs::File::open(&path)?),
+        audit.vkey(),
+        &[receipt.checkpoint.clone()],
+    )?;
+    println!(
+        "  the whole log, exported to {} and verified offline:",
+        path.display()
+    );
+    for line in report.to_string().lines() {
+        println!("    {line}");
+    }
+    audit.close().await?;
     Ok(())
 }
 
 /// Walks one device through the approval engine: an allowed request with its token, a ¥600
 /// payment that waits for a guardian, and the guardian's counter-offer of ¥300.
+/// Returns the id of the ¥600 request.
 async fn approvals_demo(
     db: &Db,
+    audit: Arc<AuditLog>,
     registry: Arc<PluginRegistry>,
     vendor: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let tokens = TokenIssuer::open(db, TokenConfig::default(), now_ms()).await?;
     let service = ApprovalService::new(
         db.clone(),
+        audit,
         registry,
         Arc::new(tokens),
         Arc::new(SystemClock),
@@ -337,7 +567,7 @@ async fn approvals_demo(
             "  the token verifies offline against the JWKS for ¥300: {for_300}; for the ¥600 asked: {for_600}"
         );
     }
-    Ok(())
+    Ok(big.id)
 }
 
 fn print_record(title: &str, record: &ApprovalRecord) {

@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md for the map of this crate.
 
 pub mod approvals;
+pub mod audit;
 pub mod canonical;
 pub mod clock;
 pub mod plugin;

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use approval_host::audit::{AuditConfig, AuditLog};
+use approval_host::clock::{Clock, SystemClock};
 use approval_host::plugin::{PluginLimits, PluginRuntime, RuntimeConfig};
 use approval_host::risk::{Action, ClassifyInput, EffectivePolicy, History, Money, RiskRequest};
 use approval_host::store::Db;
@@ -64,6 +66,18 @@ pub fn runtime_with(config: RuntimeConfig) -> Arc<PluginRuntime> {
 
 pub fn runtime() -> Arc<PluginRuntime> {
     runtime_with(test_config())
+}
+
+/// The audit log of `db`, reading `clock`.
+pub async fn audit_log_with(db: &Db, clock: Arc<dyn Clock>) -> Arc<AuditLog> {
+    AuditLog::open(db.clone(), AuditConfig::default(), clock)
+        .await
+        .unwrap()
+}
+
+/// The audit log of `db`, on the system clock.
+pub async fn audit_log(db: &Db) -> Arc<AuditLog> {
+    audit_log_with(db, Arc::new(SystemClock)).await
 }
 
 /// A payment request of `minor_units` CNY at a fixed time.

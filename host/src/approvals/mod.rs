@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::audit::{AuditLog, Audited, events};
 use crate::canonical::{self, CanonicalError};
 use crate::clock::Clock;
 use crate::plugin::registry::PluginRegistry;
@@ -155,6 +156,8 @@ impl Default for ApprovalConfig {
 /// The process-wide approval service.
 pub struct ApprovalService {
     db: Db,
+    /// Every write that decides or changes something commits through the log, with its entries.
+    audit: Arc<AuditLog>,
     plugins: Arc<PluginRegistry>,
     tokens: Arc<TokenIssuer>,
     clock: Arc<dyn Clock>,
@@ -172,6 +175,33 @@ impl std::fmt::Debug for ApprovalService {
 fn new_id(prefix: &str) -> String {
     use rand::RngExt as _;
     format!("{prefix}_{:032x}", rand::rng().random::<u128>())
+}
+
+/// The most expired requests one sweep transaction settles.
+pub const SWEEP_BATCH: u32 = 1_000;
+
+/// What storing a new request's record did.
+enum NewRecord {
+    Stored(ApprovalRecord),
+    /// An identical request, or one with the same idempotency key, got there first; the record
+    /// (as it was before any change) is handed back for another attempt.
+    Conflict(Box<ApprovalRecord>),
+}
+
+/// `record` refused because its actor has had `limit` requests for a guardian this hour.
+fn rate_limited(mut record: ApprovalRecord, retry_after_ms: u64, limit: u32) -> ApprovalRecord {
+    record.status = Status::RateLimited;
+    record.route = Route::Stop;
+    record.expires_at_ms = None;
+    record.decided_at_ms = Some(record.created_at_ms);
+    record.decision_method = Some(Method::Policy);
+    record.rule_fired = Some("builtin.rate_limit".into());
+    record.reason = format!(
+        "{} already sent {limit} requests for a guardian this hour",
+        record.actor
+    );
+    record.retry_after_ms = Some(retry_after_ms);
+    record
 }
 
 fn grant_of(action: &Action) -> Grant {
@@ -192,9 +222,11 @@ fn rule_source(source: &policy::RuleSource) -> String {
 }
 
 impl ApprovalService {
-    /// A service over `db`, classifying with `plugins`, minting with `tokens`, reading `clock`.
+    /// A service over `db`, recording in `audit`, classifying with `plugins`, minting with
+    /// `tokens`, reading `clock`.
     pub fn new(
         db: Db,
+        audit: Arc<AuditLog>,
         plugins: Arc<PluginRegistry>,
         tokens: Arc<TokenIssuer>,
         clock: Arc<dyn Clock>,
@@ -202,6 +234,7 @@ impl ApprovalService {
     ) -> Self {
         Self {
             db,
+            audit,
             plugins,
             tokens,
             clock,
@@ -223,6 +256,11 @@ impl ApprovalService {
     /// The capability token issuer (for its JWKS).
     pub fn tokens(&self) -> &Arc<TokenIssuer> {
         &self.tokens
+    }
+
+    /// The audit log the service records in.
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
     }
 
     // ---- vendors, actors and policy ---------------------------------------------------------
@@ -284,12 +322,27 @@ impl ApprovalService {
         if !directory::vendor_exists(&self.db, vendor).await? {
             return Err(ApprovalError::UnknownVendor);
         }
-        let kind = DocumentKind::Template { vendor };
         let now = self.clock.now_ms();
-        Ok(
-            directory::insert_document(&self.db, kind, &document.to_json(), changed_by, now)
-                .await?,
-        )
+        let (vendor, changed_by, json) =
+            (vendor.to_owned(), changed_by.to_owned(), document.to_json());
+        let committed = self
+            .audit
+            .commit(move |conn| {
+                Box::pin(async move {
+                    let kind = DocumentKind::Template { vendor: &vendor };
+                    let version =
+                        directory::insert_document(conn, kind, &json, &changed_by, now).await?;
+                    let recorded =
+                        events::policy_changed(&vendor, version, &changed_by, &json, now);
+                    Ok(Audited {
+                        value: version,
+                        entries: recorded.entries,
+                        payloads: recorded.payloads,
+                    })
+                })
+            })
+            .await?;
+        Ok(committed.value)
     }
 
     /// The vendor's template in force and its version (0 and the defaults before any was set).
@@ -337,9 +390,39 @@ impl ApprovalService {
         }
         let (_, template) = self.template(vendor).await?;
         template.check_overrides(&document.to_overrides())?;
-        let kind = DocumentKind::Overrides { vendor, actor };
         let now = self.clock.now_ms();
-        Ok(directory::insert_document(&self.db, kind, &document.to_json(), guardian, now).await?)
+        let (vendor, actor, guardian, json) = (
+            vendor.to_owned(),
+            actor.to_owned(),
+            guardian.to_owned(),
+            document.to_json(),
+        );
+        let committed = self
+            .audit
+            .commit(move |conn| {
+                Box::pin(async move {
+                    let kind = DocumentKind::Overrides {
+                        vendor: &vendor,
+                        actor: &actor,
+                    };
+                    let version =
+                        directory::insert_document(conn, kind, &json, &guardian, now).await?;
+                    let recorded = events::overrides_changed(
+                        (&vendor, &actor),
+                        version,
+                        &guardian,
+                        &json,
+                        now,
+                    );
+                    Ok(Audited {
+                        value: version,
+                        entries: recorded.entries,
+                        payloads: recorded.payloads,
+                    })
+                })
+            })
+            .await?;
+        Ok(committed.value)
     }
 
     /// The actor's overrides in force and their version (0 when none were set).
@@ -450,50 +533,32 @@ impl ApprovalService {
         };
         // A unique index refusing the insert means an identical request got there first: answer
         // as if this one came second. If that request has meanwhile expired, try again.
-        let mut stored = rows::insert(&self.db, &record, limit).await?;
-        for _ in 0..3 {
-            if stored != Inserted::Conflict {
-                break;
-            }
-            if let Some(key) = &new.idempotency_key
-                && let Some(found) = self.replay(&new, key, &record.params_hash).await?
-            {
-                return Ok(found);
-            }
-            if let Some(found) = self.join_pending(&new, &record.params_hash).await? {
-                return Ok(found);
-            }
-            stored = rows::insert(&self.db, &record, limit).await?;
-        }
-        let record = match stored {
-            Inserted::Stored => record,
-            Inserted::Conflict => {
-                return Err(ApprovalError::Store(StoreError::Corrupt(
-                    "an identical request kept winning the insert".into(),
-                )));
-            }
-            Inserted::OverLimit { retry_after_ms } => {
-                record.status = Status::RateLimited;
-                record.route = Route::Stop;
-                record.expires_at_ms = None;
-                record.decided_at_ms = Some(now);
-                record.decision_method = Some(Method::Policy);
-                record.rule_fired = Some("builtin.rate_limit".into());
-                record.reason = format!(
-                    "{} already sent {} requests for a guardian this hour",
-                    record.actor, template.max_approval_requests_per_hour
-                );
-                record.retry_after_ms = Some(retry_after_ms);
-                // Only a racing request with the same idempotency key can conflict here.
-                if rows::insert(&self.db, &record, None).await? == Inserted::Conflict
-                    && let Some(key) = &new.idempotency_key
-                    && let Some(found) = self.replay(&new, key, &record.params_hash).await?
-                {
-                    return Ok(found);
+        let mut attempt = record;
+        let mut stored = None;
+        for _ in 0..4 {
+            match self.store_new(attempt, limit).await? {
+                NewRecord::Stored(record) => {
+                    stored = Some(record);
+                    break;
                 }
-                record
+                NewRecord::Conflict(record) => {
+                    if let Some(key) = &new.idempotency_key
+                        && let Some(found) = self.replay(&new, key, &record.params_hash).await?
+                    {
+                        return Ok(found);
+                    }
+                    if let Some(found) = self.join_pending(&new, &record.params_hash).await? {
+                        return Ok(found);
+                    }
+                    attempt = *record;
+                }
             }
-        };
+        }
+        let record = stored.ok_or_else(|| {
+            ApprovalError::Store(StoreError::Corrupt(
+                "an identical request kept winning the insert".into(),
+            ))
+        })?;
         if record.status == Status::Pending {
             self.publish(ApprovalEvent::Pending(Box::new(record.clone())));
         }
@@ -502,6 +567,44 @@ impl ApprovalService {
             record,
             relation: Relation::Created,
         })
+    }
+
+    /// Stores a new request's record with its audit entries, in one transaction. Over the rate
+    /// limit, the record is stored as refused instead.
+    async fn store_new(
+        &self,
+        record: ApprovalRecord,
+        limit: Option<u32>,
+    ) -> Result<NewRecord, ApprovalError> {
+        let committed = self
+            .audit
+            .commit(move |conn| {
+                Box::pin(async move {
+                    let record = match rows::insert(conn, &record, limit).await? {
+                        Inserted::Stored => record,
+                        Inserted::Conflict => {
+                            return Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))));
+                        }
+                        Inserted::OverLimit { retry_after_ms } => {
+                            let refused =
+                                rate_limited(record.clone(), retry_after_ms, limit.unwrap_or(0));
+                            // Only a racing request with the same idempotency key can conflict.
+                            if rows::insert(conn, &refused, None).await? == Inserted::Conflict {
+                                return Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))));
+                            }
+                            refused
+                        }
+                    };
+                    let recorded = events::request(&record, limit);
+                    Ok(Audited {
+                        value: NewRecord::Stored(record),
+                        entries: recorded.entries,
+                        payloads: recorded.payloads,
+                    })
+                })
+            })
+            .await?;
+        Ok(committed.value)
     }
 
     async fn replay(
@@ -744,14 +847,8 @@ impl ApprovalService {
         let now = self.clock.now_ms();
         match record.expires_at_ms {
             Some(expires) if record.status == Status::Pending && expires <= now => {
-                match rows::settle_expired(&self.db, now, Some(&record.id))
-                    .await?
-                    .pop()
-                {
-                    Some(settled) => {
-                        self.publish(ApprovalEvent::Settled(Box::new(settled.clone())));
-                        Ok(settled)
-                    }
+                match self.settle_expired(now, Some(&record.id)).await?.pop() {
+                    Some(settled) => Ok(settled),
                     // Another caller or replica settled it first.
                     None => rows::get(&self.db, &record.id)
                         .await?
@@ -790,12 +887,45 @@ impl ApprovalService {
     /// # Errors
     /// A database failure.
     pub async fn sweep(&self) -> Result<usize, ApprovalError> {
-        let settled = rows::settle_expired(&self.db, self.clock.now_ms(), None).await?;
-        let count = settled.len();
-        for record in settled {
-            self.publish(ApprovalEvent::Settled(Box::new(record)));
+        let now = self.clock.now_ms();
+        let mut count = 0;
+        loop {
+            let settled = self.settle_expired(now, None).await?.len();
+            count += settled;
+            if settled < SWEEP_BATCH as usize {
+                return Ok(count);
+            }
         }
-        Ok(count)
+    }
+
+    /// Settles expired pending requests (at most [`SWEEP_BATCH`]) with their timeout entries,
+    /// and announces them.
+    async fn settle_expired(
+        &self,
+        now: u64,
+        only: Option<&str>,
+    ) -> Result<Vec<ApprovalRecord>, ApprovalError> {
+        let only = only.map(str::to_owned);
+        let settled = self
+            .audit
+            .commit(move |conn| {
+                Box::pin(async move {
+                    let settled =
+                        rows::settle_expired(conn, now, only.as_deref(), SWEEP_BATCH).await?;
+                    let entries = settled.iter().map(events::timeout).collect();
+                    Ok(Audited {
+                        value: settled,
+                        entries,
+                        payloads: Vec::new(),
+                    })
+                })
+            })
+            .await?
+            .value;
+        for record in &settled {
+            self.publish(ApprovalEvent::Settled(Box::new(record.clone())));
+        }
+        Ok(settled)
     }
 
     /// Runs [`Self::sweep`] every `every` until the returned handle is aborted, and picks up a
@@ -851,7 +981,7 @@ impl ApprovalService {
         let (status, route, reason, revision) = match &decision {
             GuardianDecision::Approve => (Status::Approved, Route::HumanReview, None, None),
             GuardianDecision::Deny { reason } => {
-                (Status::Denied, Route::Stop, reason.as_deref(), None)
+                (Status::Denied, Route::Stop, reason.clone(), None)
             }
             GuardianDecision::Revise { params } => {
                 let amended = action::parse(&record.action, params)
@@ -883,13 +1013,33 @@ impl ApprovalService {
         let settlement = Settlement {
             status,
             route,
-            decider: guardian,
+            decider: guardian.to_owned(),
             reason,
-            revised_params: revision.as_ref().map(|r| r.0),
-            revised_params_hash: revision.as_ref().map(|r| r.2.as_str()),
-            token: token.as_ref(),
+            revised_params: revision.as_ref().map(|r| r.0.clone()),
+            revised_params_hash: revision.as_ref().map(|r| r.2.clone()),
+            token,
         };
-        if let Some(settled) = rows::settle_by_guardian(&self.db, id, &settlement, now).await? {
+        let id_owned = id.to_owned();
+        let settled = self
+            .audit
+            .commit(move |conn| {
+                Box::pin(async move {
+                    let Some(settled) =
+                        rows::settle_by_guardian(conn, &id_owned, &settlement, now).await?
+                    else {
+                        return Ok(Audited::nothing(None));
+                    };
+                    let recorded = events::decision(&settled);
+                    Ok(Audited {
+                        value: Some(settled),
+                        entries: recorded.entries,
+                        payloads: recorded.payloads,
+                    })
+                })
+            })
+            .await?
+            .value;
+        if let Some(settled) = settled {
             self.publish(ApprovalEvent::Settled(Box::new(settled.clone())));
             return Ok(settled);
         }

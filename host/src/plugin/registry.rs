@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 use super::error::UploadError;
 use super::limits::PluginLimits;
 use super::runtime::{CompiledPlugin, LoadedPlugin, PluginIdentity, PluginRuntime};
+use crate::audit::{AuditLog, Audited, events};
 use crate::risk::PluginInfo;
 use crate::store::{self, Db, StoreError};
 
@@ -87,6 +88,8 @@ pub enum RegistryError {
 pub struct PluginRegistry {
     runtime: Arc<PluginRuntime>,
     db: Db,
+    /// Uploads and state changes are recorded with the writes that make them.
+    audit: Arc<AuditLog>,
     /// Limits `describe()` runs under at upload.
     describe_limits: PluginLimits,
     /// Each vendor's live snapshot, replaced whole on every change.
@@ -109,10 +112,15 @@ impl PluginRegistry {
     ///
     /// # Errors
     /// A database failure, or a stored live component that no longer compiles.
-    pub async fn open(runtime: Arc<PluginRuntime>, db: Db) -> Result<Self, RegistryError> {
+    pub async fn open(
+        runtime: Arc<PluginRuntime>,
+        db: Db,
+        audit: Arc<AuditLog>,
+    ) -> Result<Self, RegistryError> {
         let registry = Self {
             runtime,
             db,
+            audit,
             // Uploads are rare and may land on a busy host: give describe() the longest deadline.
             describe_limits: PluginLimits {
                 deadline: PluginLimits::platform_max().deadline,
@@ -177,18 +185,34 @@ impl PluginRegistry {
             .describe(&compiled, &self.describe_limits)
             .await?;
         let sha256 = compiled.sha256_hex();
-        let stored = store::plugins::insert_version(
-            &self.db,
-            &store::plugins::NewVersion {
-                vendor,
-                sha256: &sha256,
-                bytes,
-                info: &info,
-                signed,
-                now_ms,
-            },
-        )
-        .await?;
+        let (vendor_owned, sha, bytes_owned) = (vendor.to_owned(), sha256.clone(), bytes.to_vec());
+        let stored = self
+            .audit
+            .commit(move |conn| {
+                Box::pin(async move {
+                    let new = store::plugins::NewVersion {
+                        vendor: &vendor_owned,
+                        sha256: &sha,
+                        bytes: &bytes_owned,
+                        info: &info,
+                        signed,
+                        now_ms,
+                    };
+                    let (version, created) = store::plugins::insert_version(conn, &new).await?;
+                    let entries = if created {
+                        vec![events::plugin_uploaded(&version)]
+                    } else {
+                        Vec::new()
+                    };
+                    Ok(Audited {
+                        value: version,
+                        entries,
+                        payloads: Vec::new(),
+                    })
+                })
+            })
+            .await?
+            .value;
         self.compiled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -268,8 +292,32 @@ impl PluginRegistry {
         state: PluginState,
         now_ms: u64,
     ) -> Result<PluginVersion, RegistryError> {
-        let changed = store::plugins::set_state(&self.db, (vendor, name, version), state, now_ms)
+        let (vendor_owned, name_owned) = (vendor.to_owned(), name.to_owned());
+        let changed = self
+            .audit
+            .commit(move |conn| {
+                Box::pin(async move {
+                    let target = (vendor_owned.as_str(), name_owned.as_str(), version);
+                    let Some(change) =
+                        store::plugins::set_state(conn, target, state, now_ms).await?
+                    else {
+                        return Ok(Audited::nothing(None));
+                    };
+                    let entries = change
+                        .deactivated
+                        .iter()
+                        .chain([&change.changed])
+                        .map(|v| events::plugin_state_changed(v, now_ms))
+                        .collect();
+                    Ok(Audited {
+                        value: Some(change.changed),
+                        entries,
+                        payloads: Vec::new(),
+                    })
+                })
+            })
             .await?
+            .value
             .ok_or_else(|| RegistryError::NotFound {
                 name: name.to_owned(),
                 version,

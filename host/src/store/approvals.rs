@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row as _};
+use sqlx::{AnyConnection, Connection as _, Row as _};
 
 use super::{Db, StoreError, i64_of, u64_of};
 use crate::approvals::record::{
@@ -332,18 +332,19 @@ pub enum Inserted {
 /// The hour rate limits count over.
 pub const RATE_WINDOW_MS: u64 = 3_600_000;
 
-/// Stores a new record. When it goes to a human (`limit` is `Some`), the actor's requests for a
-/// human in the last hour are counted first, in the same transaction and serialized per actor
-/// (across processes too), and the record is refused at the limit.
+/// Stores a new record, inside the caller's transaction. When it goes to a human (`limit` is
+/// `Some`), the actor's requests for a human in the last hour are counted first, serialized per
+/// actor (across processes too), and the record is refused at the limit.
 ///
 /// # Errors
 /// A database failure.
 pub async fn insert(
-    db: &Db,
+    conn: &mut AnyConnection,
     record: &ApprovalRecord,
     limit: Option<u32>,
 ) -> Result<Inserted, StoreError> {
-    let mut tx = db.pool().begin().await?;
+    // A savepoint: a refused insert undoes only itself.
+    let mut tx = conn.begin().await?;
     if let Some(limit) = limit {
         // Writing first takes the actor's row lock on PostgreSQL and the write lock on SQLite,
         // so the count below cannot interleave with another insert for this actor.
@@ -451,14 +452,14 @@ pub async fn pending_with_params(
 
 /// How a guardian settles a pending request.
 #[derive(Debug, Clone)]
-pub struct Settlement<'a> {
+pub struct Settlement {
     pub status: Status,
     pub route: Route,
-    pub decider: &'a str,
-    pub reason: Option<&'a str>,
-    pub revised_params: Option<&'a serde_json::Value>,
-    pub revised_params_hash: Option<&'a str>,
-    pub token: Option<&'a IssuedToken>,
+    pub decider: String,
+    pub reason: Option<String>,
+    pub revised_params: Option<serde_json::Value>,
+    pub revised_params_hash: Option<String>,
+    pub token: Option<IssuedToken>,
 }
 
 /// Settles a pending, unexpired request as the guardian decided and returns the settled record;
@@ -468,9 +469,9 @@ pub struct Settlement<'a> {
 /// # Errors
 /// A database failure.
 pub async fn settle_by_guardian(
-    db: &Db,
+    conn: &mut AnyConnection,
     id: &str,
-    s: &Settlement<'_>,
+    s: &Settlement,
     now_ms: u64,
 ) -> Result<Option<ApprovalRecord>, StoreError> {
     sqlx::query(&format!(
@@ -482,47 +483,48 @@ pub async fn settle_by_guardian(
     .bind(s.status.as_str())
     .bind(s.route.as_str())
     .bind(i64_of(now_ms))
-    .bind(s.decider)
-    .bind(s.reason)
-    .bind(s.revised_params.map(serde_json::Value::to_string))
-    .bind(s.revised_params_hash)
-    .bind(s.token.map(|t| t.id.clone()))
-    .bind(s.token.map(|t| t.token.clone()))
-    .bind(s.token.map(|t| i64_of(t.expires_at_ms)))
+    .bind(&s.decider)
+    .bind(s.reason.as_deref())
+    .bind(s.revised_params.as_ref().map(serde_json::Value::to_string))
+    .bind(s.revised_params_hash.as_deref())
+    .bind(s.token.as_ref().map(|t| t.id.clone()))
+    .bind(s.token.as_ref().map(|t| t.token.clone()))
+    .bind(s.token.as_ref().map(|t| i64_of(t.expires_at_ms)))
     .bind(id)
-    .fetch_optional(db.pool())
+    .fetch_optional(conn)
     .await?
     .as_ref()
     .map(record_of)
     .transpose()
 }
 
-/// Settles every pending request that expired at or before `now_ms` as timed out, at the moment
-/// it expired, and returns the settled records. `only` restricts it to one request.
+/// Settles up to `limit` pending requests that expired at or before `now_ms` as timed out, at
+/// the moment each expired, oldest first, and returns the settled records. `only` restricts it
+/// to one request.
 ///
 /// # Errors
 /// A database failure or a corrupt row.
 pub async fn settle_expired(
-    db: &Db,
+    conn: &mut AnyConnection,
     now_ms: u64,
     only: Option<&str>,
+    limit: u32,
 ) -> Result<Vec<ApprovalRecord>, StoreError> {
     let filter = if only.is_some() { "AND id = $2" } else { "" };
+    // The outer condition is checked again on rows another replica settled meanwhile.
     let query = format!(
         "UPDATE approvals SET status = 'timed_out', decision_method = 'timeout', decided_at_ms = expires_at_ms
-         WHERE status = 'pending' AND expires_at_ms <= $1 {filter} RETURNING {COLUMNS}"
+         WHERE status = 'pending' AND id IN (
+             SELECT id FROM approvals WHERE status = 'pending' AND expires_at_ms <= $1 {filter}
+             ORDER BY expires_at_ms LIMIT {limit})
+         RETURNING {COLUMNS}"
     );
     let query = sqlx::query(&query).bind(i64_of(now_ms));
     let query = match only {
         Some(id) => query.bind(id),
         None => query,
     };
-    query
-        .fetch_all(db.pool())
-        .await?
-        .iter()
-        .map(record_of)
-        .collect()
+    query.fetch_all(conn).await?.iter().map(record_of).collect()
 }
 
 /// An actor's activity in the last hour and day, and its pending count, as of `now_ms`.

@@ -1,7 +1,7 @@
 //! SQL for who is who: vendors, their actors (devices) with context tags and guardians, and the
 //! versioned policy documents (vendor templates and per-actor overrides).
 
-use sqlx::Row as _;
+use sqlx::{AnyConnection, Connection as _, Row as _};
 
 use super::{Db, StoreError, i64_of, u64_of};
 
@@ -184,20 +184,22 @@ fn document_of(row: &sqlx::any::AnyRow) -> Result<DocumentVersion, StoreError> {
     })
 }
 
-/// Stores `document` as the next version and returns it.
+/// Stores `document` as the next version, inside the caller's transaction, and returns it.
 ///
 /// # Errors
 /// A database failure (including an unknown vendor or actor).
 pub async fn insert_document(
-    db: &Db,
+    conn: &mut AnyConnection,
     kind: DocumentKind<'_>,
     document: &str,
     changed_by: &str,
     now_ms: u64,
 ) -> Result<u32, StoreError> {
     let (table, filter) = kind.table_and_filter();
-    // Two writers racing for the same version number: the loser retries with the next one.
+    // Two writers racing for the same version number: the loser retries with the next one, each
+    // attempt in a savepoint so that a refused insert undoes only itself.
     for _ in 0..8 {
+        let mut attempt = conn.begin().await?;
         let sql =
             format!("SELECT COALESCE(MAX(version), 0) + 1 AS next FROM {table} WHERE {filter}");
         let next = sqlx::query(&sql);
@@ -205,7 +207,7 @@ pub async fn insert_document(
             DocumentKind::Template { vendor } => next.bind(vendor),
             DocumentKind::Overrides { vendor, actor } => next.bind(vendor).bind(actor),
         };
-        let version: i64 = next.fetch_one(db.pool()).await?.try_get("next")?;
+        let version: i64 = next.fetch_one(&mut *attempt).await?.try_get("next")?;
         let insert = match kind {
             DocumentKind::Template { vendor } => sqlx::query(
                 "INSERT INTO policy_templates (vendor, version, document, changed_by, changed_at_ms) VALUES ($1, $2, $3, $4, $5)",
@@ -222,15 +224,19 @@ pub async fn insert_document(
             .bind(document)
             .bind(changed_by)
             .bind(i64_of(now_ms))
-            .execute(db.pool())
+            .execute(&mut *attempt)
             .await
             .map_err(StoreError::from);
         match inserted {
             Ok(_) => {
+                attempt.commit().await?;
                 return u32::try_from(version)
                     .map_err(|_| StoreError::Corrupt("document version out of range".into()));
             }
-            Err(e) if e.is_unique_violation() => continue,
+            Err(e) if e.is_unique_violation() => {
+                attempt.rollback().await?;
+                continue;
+            }
             Err(e) => return Err(e),
         }
     }

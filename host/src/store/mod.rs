@@ -6,6 +6,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor as _};
 
 pub mod approvals;
+pub mod audit;
 pub mod directory;
 pub mod keys;
 pub mod plugins;
@@ -28,6 +29,12 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The audit log's writers have shut down; nothing more can be written.
+    #[error("the database writer has shut down")]
+    Closed,
+    /// A write was ready but the transaction it shared with others failed: nothing was stored.
+    #[error("the write batch failed: {0}")]
+    BatchFailed(String),
 }
 
 impl StoreError {

@@ -2,8 +2,8 @@
 //! (vendor, plugin), states, the activation history rollbacks read, vendors' signing keys.
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row as _;
 use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Connection as _, Row as _};
 
 use super::{Db, StoreError};
 use crate::plugin::registry::{PluginState, PluginVersion};
@@ -90,16 +90,21 @@ pub struct NewVersion<'a> {
     pub now_ms: u64,
 }
 
-/// Records an upload as the next version of its plugin, in state inactive. The same bytes
-/// uploaded again for the same plugin return the existing version instead.
+/// Records an upload as the next version of its plugin, in state inactive, inside the caller's
+/// transaction; `true` with it when the version is new. The same bytes uploaded again for the
+/// same plugin return the existing version instead.
 ///
 /// # Errors
 /// A database failure.
-pub async fn insert_version(db: &Db, new: &NewVersion<'_>) -> Result<PluginVersion, StoreError> {
+pub async fn insert_version(
+    conn: &mut AnyConnection,
+    new: &NewVersion<'_>,
+) -> Result<(PluginVersion, bool), StoreError> {
     let now = i64::try_from(new.now_ms).unwrap_or(i64::MAX);
-    // Two uploads racing for the same version number: the loser retries with the next one.
+    // Two uploads racing for the same version number: the loser retries with the next one, each
+    // attempt in a savepoint.
     for _ in 0..8 {
-        let mut tx = db.pool().begin().await?;
+        let mut tx = conn.begin().await?;
         sqlx::query("INSERT INTO plugin_blobs (sha256, bytes) VALUES ($1, $2) ON CONFLICT (sha256) DO NOTHING")
             .bind(new.sha256)
             .bind(new.bytes)
@@ -115,7 +120,7 @@ pub async fn insert_version(db: &Db, new: &NewVersion<'_>) -> Result<PluginVersi
         .await?;
         if let Some(row) = existing {
             tx.commit().await?;
-            return version_of(&row);
+            return Ok((version_of(&row)?, false));
         }
         let inserted = sqlx::query(&format!(
             "INSERT INTO plugin_versions ({COLUMNS}) \
@@ -136,9 +141,12 @@ pub async fn insert_version(db: &Db, new: &NewVersion<'_>) -> Result<PluginVersi
         match inserted {
             Ok(row) => {
                 tx.commit().await?;
-                return version_of(&row);
+                return Ok((version_of(&row)?, true));
             }
-            Err(err) if err.is_unique_violation() => continue,
+            Err(err) if err.is_unique_violation() => {
+                tx.rollback().await?;
+                continue;
+            }
             Err(err) => return Err(err),
         }
     }
@@ -229,30 +237,42 @@ pub async fn blob(db: &Db, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> 
     Ok(row.map(|r| r.try_get("bytes")).transpose()?)
 }
 
-/// Puts one version in `state`, atomically: activating a version deactivates the plugin's
-/// previously active one in the same transaction and records the activation. `None` when the
-/// version does not exist.
+/// A version's state change and the versions it deactivated (the previously active one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    pub changed: PluginVersion,
+    pub deactivated: Vec<PluginVersion>,
+}
+
+/// Puts one version in `state`, atomically, inside the caller's transaction: activating a
+/// version deactivates the plugin's previously active one and records the activation. `None`
+/// when the version does not exist.
 ///
 /// # Errors
 /// A database failure.
 pub async fn set_state(
-    db: &Db,
+    conn: &mut AnyConnection,
     target: (&str, &str, u32),
     state: PluginState,
     now_ms: u64,
-) -> Result<Option<PluginVersion>, StoreError> {
+) -> Result<Option<StateChange>, StoreError> {
     let (vendor, name, version) = target;
-    let mut tx = db.pool().begin().await?;
+    let mut tx = conn.begin().await?;
+    let mut deactivated = Vec::new();
     if state == PluginState::Active {
-        sqlx::query(
+        deactivated = sqlx::query(&format!(
             "UPDATE plugin_versions SET state = 'inactive' \
-             WHERE vendor = $1 AND name = $2 AND state = 'active' AND version <> $3",
-        )
+             WHERE vendor = $1 AND name = $2 AND state = 'active' AND version <> $3 \
+             RETURNING {COLUMNS}"
+        ))
         .bind(vendor)
         .bind(name)
         .bind(i64::from(version))
-        .execute(&mut *tx)
-        .await?;
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(version_of)
+        .collect::<Result<_, _>>()?;
     }
     let row = sqlx::query(&format!(
         "UPDATE plugin_versions SET state = $1 WHERE vendor = $2 AND name = $3 AND version = $4 \
@@ -280,7 +300,10 @@ pub async fn set_state(
         .await?;
     }
     tx.commit().await?;
-    version_of(&row).map(Some)
+    Ok(Some(StateChange {
+        changed: version_of(&row)?,
+        deactivated,
+    }))
 }
 
 /// The version activated most recently before the currently active `current` one.

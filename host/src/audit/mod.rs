@@ -1,0 +1,709 @@
+//! The tamper-evident audit log: every event of the host (a request, each plugin's verdict, each
+//! built-in rule that fired, the decision and who made it, a timeout, a rate-limit refusal, a
+//! policy, override or plugin change) is an entry in an RFC 6962 Merkle tree whose checkpoints
+//! the host signs, so that anyone holding the public key can check that an entry is in the log
+//! and that the log only ever grew.
+//!
+//! - [`entry`]: the versioned canonical encoding of entries (the tree's leaves);
+//! - [`events`]: the entries of the domain's records;
+//! - [`merkle`]: the tree math (no I/O);
+//! - [`checkpoint`]: C2SP signed checkpoints and keys (no I/O);
+//! - [`verify`]: the offline verifier and the export format it reads.
+//!
+//! Lifetimes: [`AuditLog`] is process-wide (the key, the writer tasks, the queue); an
+//! [`Audited`] write lives for one transaction.
+//!
+//! **Appends are part of the write they record.** A service hands [`AuditLog::commit`] its SQL
+//! as a closure that also returns the entries the write produced. Writer tasks run queued writes
+//! in one transaction each batch (every write in its own savepoint, so one failure undoes only
+//! itself), append all their entries, and commit once: a decision and its entries are stored
+//! together or not at all, and a burst of decisions shares one fsync. The database orders
+//! appends (see [`crate::store::audit::append`]), across replicas too.
+
+pub mod checkpoint;
+pub mod entry;
+pub mod events;
+pub mod merkle;
+pub mod verify;
+
+use std::any::Any;
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sqlx::{AnyConnection, Connection as _};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::store::audit::{self as rows, StoredCheckpoint, StoredEntry};
+use crate::store::{Backend, Db, StoreError};
+use checkpoint::{CheckpointError, CheckpointVerifier, LogKey};
+use entry::{Entry, Event};
+use merkle::{Hash, HashCache, ProofError, TreeOp};
+
+/// A boxed future borrowing the transaction's connection.
+pub type BoxFuture<'c, T> = Pin<Box<dyn Future<Output = T> + Send + 'c>>;
+
+/// What a write returns to [`AuditLog::commit`]: its own result, the entries to append with it,
+/// and the payloads those entries reference.
+#[derive(Debug)]
+pub struct Audited<T> {
+    pub value: T,
+    pub entries: Vec<Entry>,
+    /// (SHA-256 hex, bytes) of payloads the entries name.
+    pub payloads: Vec<(String, Vec<u8>)>,
+}
+
+impl<T> Audited<T> {
+    /// A result with no entries (the write changed nothing worth recording).
+    pub fn nothing(value: T) -> Self {
+        Self {
+            value,
+            entries: Vec::new(),
+            payloads: Vec::new(),
+        }
+    }
+}
+
+/// A committed write: its result and the indexes of its entries.
+#[derive(Debug)]
+pub struct Committed<T> {
+    pub value: T,
+    pub entries: Range<u64>,
+}
+
+/// The origin of a log whose configuration names none.
+pub const DEFAULT_ORIGIN: &str = "approval-host.local/audit";
+
+/// Tunables of the log.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The log's origin (the checkpoints' first line and the key's name), e.g.
+    /// `audit.example.com/approvals`. `None`: the stored key's, or [`DEFAULT_ORIGIN`] for a new
+    /// key.
+    pub origin: Option<String>,
+    /// The signing key in C2SP form (`PRIVATE+KEY+<origin>+<id>+<key>`). `None`: the key stored
+    /// in the database, generated on first start.
+    pub signing_key: Option<String>,
+    /// How often to sign a checkpoint when there are new entries.
+    pub checkpoint_every: Duration,
+    /// The most writes committed together.
+    pub max_batch: usize,
+    /// Writer tasks. `None`: one on SQLite (it has one writer anyway), four on PostgreSQL (their
+    /// writes run in parallel and meet only at the append).
+    pub writers: Option<usize>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            origin: None,
+            signing_key: None,
+            checkpoint_every: Duration::from_secs(5),
+            max_batch: 512,
+            writers: None,
+        }
+    }
+}
+
+/// Errors of the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("audit key: {0}")]
+    Key(#[from] CheckpointError),
+    #[error(
+        "the stored audit log's key is for the log {stored:?}, but the configured origin is {configured:?}"
+    )]
+    OriginMismatch { stored: String, configured: String },
+    #[error("the stored tree does not verify: {0}")]
+    Tree(#[from] ProofError),
+    /// The stored log no longer matches what was signed: the host refuses to sign over it.
+    #[error("the stored log is inconsistent with its last checkpoint: {0}")]
+    Inconsistent(String),
+    #[error("no audit entries for this approval")]
+    NoEntries,
+}
+
+/// One entry of a receipt, with its inclusion proof.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiptEntry {
+    pub index: u64,
+    /// The entry's canonical bytes.
+    pub entry: Vec<u8>,
+    /// The inclusion proof against the receipt's checkpoint.
+    pub proof: Vec<Hash>,
+}
+
+/// Proof that an approval's entries are in the log: each entry with its index and inclusion
+/// proof, against one signed checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    pub approval_id: String,
+    /// The signed checkpoint (a C2SP signed note) the proofs lead to.
+    pub checkpoint: String,
+    pub entries: Vec<ReceiptEntry>,
+}
+
+impl Receipt {
+    /// Checks the receipt with nothing but the log's public key: the checkpoint's signature,
+    /// every entry's proof, and that every entry is about this approval.
+    ///
+    /// # Errors
+    /// What does not verify, named.
+    pub fn verify(
+        &self,
+        verifier: &CheckpointVerifier,
+    ) -> Result<Vec<Entry>, verify::ReceiptError> {
+        verify::verify_receipt(self, verifier)
+    }
+}
+
+type Work = Box<
+    dyn for<'c> FnOnce(
+            &'c mut AnyConnection,
+        ) -> BoxFuture<'c, Result<Audited<Box<dyn Any + Send>>, StoreError>>
+        + Send,
+>;
+
+struct Job {
+    work: Work,
+    reply: oneshot::Sender<Result<(Box<dyn Any + Send>, Range<u64>), StoreError>>,
+}
+
+/// The process-wide audit log.
+pub struct AuditLog {
+    db: Db,
+    key: LogKey,
+    clock: Arc<dyn Clock>,
+    config: AuditConfig,
+    /// The queue of writes to commit; `None` once closed.
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The writer tasks, awaited on close.
+    writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// One checkpoint signing at a time in this process (replicas may race; the table keeps one
+    /// row per size).
+    signing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("vkey", &self.key.vkey())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens the log on `db` and starts its writer tasks (call inside a tokio runtime). The
+    /// signing key comes from `config`, else from the database, else is generated and stored
+    /// there for every replica.
+    ///
+    /// # Errors
+    /// A malformed configured key or origin, a stored key for another origin, a database failure.
+    pub async fn open(
+        db: Db,
+        config: AuditConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, AuditError> {
+        let key = match &config.signing_key {
+            Some(skey) => LogKey::from_skey(skey)?,
+            None => {
+                if rows::log_key(&db).await?.is_none() {
+                    let origin = config.origin.as_deref().unwrap_or(DEFAULT_ORIGIN);
+                    let fresh = LogKey::generate(origin)?;
+                    rows::insert_log_key(&db, fresh.skey(), clock.now_ms()).await?;
+                }
+                let stored = rows::log_key(&db)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("the audit key vanished".into()))?;
+                LogKey::from_skey(&stored)?
+            }
+        };
+        if let Some(configured) = &config.origin
+            && key.origin() != configured
+        {
+            return Err(AuditError::OriginMismatch {
+                stored: key.origin().to_owned(),
+                configured: configured.clone(),
+            });
+        }
+        let (sender, receiver) = mpsc::channel::<Job>(config.max_batch.max(1) * 4);
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let count = config.writers.unwrap_or(match db.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 4,
+        });
+        let writers = (0..count.max(1))
+            .map(|_| {
+                tokio::spawn(writer(
+                    db.clone(),
+                    Arc::clone(&receiver),
+                    config.max_batch.max(1),
+                ))
+            })
+            .collect();
+        Ok(Arc::new(Self {
+            db,
+            key,
+            clock,
+            config,
+            queue: Mutex::new(Some(sender)),
+            writers: Mutex::new(writers),
+            signing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The verification key auditors check checkpoints with (`<origin>+<keyid>+<key>`).
+    pub fn vkey(&self) -> &str {
+        self.key.vkey()
+    }
+
+    /// A verifier for this log's checkpoints.
+    pub fn verifier(&self) -> CheckpointVerifier {
+        // The log's own key always makes a valid verifier key.
+        CheckpointVerifier::new(self.key.vkey()).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// The log's origin.
+    pub fn origin(&self) -> &str {
+        self.key.origin()
+    }
+
+    /// Runs `work` in a transaction with other queued writes, appends the entries it returns,
+    /// and commits; returns its value once durable. If `work` fails, its changes are undone and
+    /// nothing of it is appended; if the commit fails, nothing of the batch is stored.
+    ///
+    /// # Errors
+    /// What `work` failed with, the commit's failure, or [`StoreError::Closed`] after
+    /// [`Self::close`].
+    pub async fn commit<T, F>(&self, work: F) -> Result<Committed<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Audited<T>, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let work: Work = Box::new(move |conn| {
+            Box::pin(async move {
+                let done = work(conn).await?;
+                Ok(Audited {
+                    value: Box::new(done.value) as Box<dyn Any + Send>,
+                    entries: done.entries,
+                    payloads: done.payloads,
+                })
+            })
+        });
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        queue
+            .send(Job { work, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let (value, entries) = answer.await.map_err(|_| StoreError::Closed)??;
+        let value = value
+            .downcast::<T>()
+            .map_err(|_| StoreError::Corrupt("audit writer returned another type".into()))?;
+        Ok(Committed {
+            value: *value,
+            entries,
+        })
+    }
+
+    /// Appends entries on their own (events with no other write).
+    ///
+    /// # Errors
+    /// As [`Self::commit`].
+    pub async fn append(&self, entries: Vec<Entry>) -> Result<Range<u64>, StoreError> {
+        Ok(self
+            .commit(move |_| {
+                Box::pin(async move {
+                    Ok(Audited {
+                        value: (),
+                        entries,
+                        payloads: Vec::new(),
+                    })
+                })
+            })
+            .await?
+            .entries)
+    }
+
+    /// The number of committed entries.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn size(&self) -> Result<u64, AuditError> {
+        Ok(rows::size(&self.db).await?)
+    }
+
+    async fn tree(&self, op: TreeOp) -> Result<Vec<Hash>, AuditError> {
+        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
+        Ok(rows::tree(&mut conn, op).await??)
+    }
+
+    /// The root of the tree of `size` entries, from the stored hashes.
+    ///
+    /// # Errors
+    /// A database failure, or stored hashes missing.
+    pub async fn root(&self, size: u64) -> Result<Hash, AuditError> {
+        Ok(self
+            .tree(TreeOp::Root { size })
+            .await?
+            .pop()
+            .unwrap_or(merkle::EMPTY_ROOT))
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries.
+    ///
+    /// # Errors
+    /// The index is outside the tree, a database failure, or stored hashes missing.
+    pub async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
+        self.tree(TreeOp::Inclusion { index, size }).await
+    }
+
+    /// The consistency proof from the tree of `old` entries to the tree of `size`.
+    ///
+    /// # Errors
+    /// Sizes out of order or zero, a database failure, or stored hashes missing.
+    pub async fn consistency_proof(&self, old: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
+        self.tree(TreeOp::Consistency { old, size }).await
+    }
+
+    /// The newest signed checkpoint, if any.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, AuditError> {
+        Ok(rows::latest_checkpoint(&self.db).await?)
+    }
+
+    /// Signs a checkpoint of the log as it is now, if it grew since the last one, and returns the
+    /// newest checkpoint. Before signing it checks that the entries appended since the last
+    /// checkpoint hash to the stored tree, and that the new tree extends the last signed one
+    /// (a consistency proof from the stored hashes, checked against the signed root); it refuses
+    /// to sign over a log that fails either check.
+    ///
+    /// # Errors
+    /// [`AuditError::Inconsistent`] for a damaged or altered log, a database failure.
+    pub async fn checkpoint(&self) -> Result<Option<StoredCheckpoint>, AuditError> {
+        let _one = self.signing.lock().await;
+        let size = rows::size(&self.db).await?;
+        let last = rows::latest_checkpoint(&self.db).await?;
+        let signed = last.as_ref().map_or(0, |c| c.size);
+        if size <= signed {
+            return Ok(last);
+        }
+        let root = self.root(size).await?;
+        self.check_new_entries(last.as_ref(), size, &root).await?;
+        if let Some(last) = &last {
+            let proof = self.consistency_proof(last.size, size).await?;
+            merkle::verify_consistency(
+                last.size,
+                size,
+                &proof.iter().map(|h| h.0).collect::<Vec<_>>(),
+                &last.root.0,
+                &root.0,
+            )
+            .map_err(|e| {
+                AuditError::Inconsistent(format!(
+                    "the tree of {size} entries does not extend the checkpoint of {}: {e}",
+                    last.size
+                ))
+            })?;
+        }
+        let checkpoint = StoredCheckpoint {
+            size,
+            root,
+            note: self.key.sign(size, &root),
+            signed_at_ms: self.clock.now_ms(),
+        };
+        rows::insert_checkpoint(&self.db, &checkpoint).await?;
+        Ok(Some(checkpoint))
+    }
+
+    /// Rebuilds the tree over the entries since the last checkpoint from their bytes and
+    /// compares it with the stored root.
+    async fn check_new_entries(
+        &self,
+        last: Option<&StoredCheckpoint>,
+        size: u64,
+        root: &Hash,
+    ) -> Result<(), AuditError> {
+        let from = last.map_or(0, |c| c.size);
+        let cache = HashCache::new();
+        let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
+        cache.insert(rows::read_hashes(&mut conn, &merkle::right_edge(from)).await?);
+        drop(conn);
+        let mut at = from;
+        while at < size {
+            let page = rows::entries(&self.db, at, size.min(at + 10_000)).await?;
+            let leaves: Vec<Hash> = page.iter().map(|e| merkle::leaf_hash(&e.bytes)).collect();
+            if page.first().map(|e| e.index) != Some(at)
+                || page.windows(2).any(|w| w[1].index != w[0].index + 1)
+            {
+                return Err(AuditError::Inconsistent(format!(
+                    "entries after {at} are missing"
+                )));
+            }
+            merkle::append(at, &leaves, &cache)?;
+            at += page.len() as u64;
+        }
+        let rebuilt = TreeOp::Root { size }.run(&cache)?.pop();
+        if rebuilt.as_ref() != Some(root) {
+            return Err(AuditError::Inconsistent(format!(
+                "entries {from}..{size} do not hash to the stored tree"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Signs a checkpoint every [`AuditConfig::checkpoint_every`] while the log grows, until the
+    /// handle is aborted.
+    pub fn spawn_checkpointer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let log = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(log.config.checkpoint_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = log.checkpoint().await {
+                    tracing::error!(error = %e, "audit checkpoint refused");
+                }
+            }
+        })
+    }
+
+    /// Stops taking writes, lets the queued ones commit, and signs a last checkpoint.
+    ///
+    /// # Errors
+    /// The last checkpoint could not be signed.
+    pub async fn close(&self) -> Result<Option<StoredCheckpoint>, AuditError> {
+        drop(
+            self.queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let writers =
+            std::mem::take(&mut *self.writers.lock().unwrap_or_else(PoisonError::into_inner));
+        for writer in writers {
+            let _ = writer.await;
+        }
+        self.checkpoint().await
+    }
+
+    /// The receipt of an approval: its entries with inclusion proofs against a signed
+    /// checkpoint that covers them (signed now if the newest one does not).
+    ///
+    /// # Errors
+    /// No entries for this approval, a database failure, or a log that cannot be checkpointed.
+    pub async fn receipt(&self, approval_id: &str) -> Result<Receipt, AuditError> {
+        let entries = rows::entries_of_approval(&self.db, approval_id).await?;
+        let last = entries.last().ok_or(AuditError::NoEntries)?.index;
+        let checkpoint = match rows::latest_checkpoint(&self.db).await? {
+            Some(c) if c.size > last => c,
+            _ => self
+                .checkpoint()
+                .await?
+                .filter(|c| c.size > last)
+                .ok_or_else(|| {
+                    AuditError::Inconsistent("no checkpoint covers the entries".into())
+                })?,
+        };
+        let mut with_proofs = Vec::with_capacity(entries.len());
+        for StoredEntry { index, bytes } in entries {
+            with_proofs.push(ReceiptEntry {
+                index,
+                proof: self.inclusion_proof(index, checkpoint.size).await?,
+                entry: bytes,
+            });
+        }
+        Ok(Receipt {
+            approval_id: approval_id.to_owned(),
+            checkpoint: checkpoint.note,
+            entries: with_proofs,
+        })
+    }
+
+    /// Deletes a payload's bytes (a privacy request) and records who did it and why. Entries
+    /// and proofs are unchanged; the payload is reported as redacted from then on.
+    ///
+    /// # Errors
+    /// A database failure; `Ok(false)` when there was no such payload.
+    pub async fn redact(&self, sha256: &str, by: &str, reason: &str) -> Result<bool, StoreError> {
+        let at = self.clock.now_ms();
+        let (sha256, by, reason) = (sha256.to_owned(), by.to_owned(), reason.to_owned());
+        Ok(self
+            .commit(move |conn| {
+                Box::pin(async move {
+                    if !rows::delete_payload(conn, &sha256).await? {
+                        return Ok(Audited::nothing(false));
+                    }
+                    Ok(Audited {
+                        value: true,
+                        entries: vec![Entry::new(
+                            at,
+                            Event::PayloadRedacted { sha256, by, reason },
+                        )],
+                        payloads: Vec::new(),
+                    })
+                })
+            })
+            .await?
+            .value)
+    }
+
+    /// A payload's bytes, unless redacted.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn payload(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        rows::payload(&self.db, sha256).await
+    }
+
+    /// Writes the whole log as an export (see [`verify`] for the format) to `out`.
+    ///
+    /// # Errors
+    /// A database failure or a write error.
+    pub async fn export(&self, out: &mut (dyn std::io::Write + Send)) -> Result<u64, AuditError> {
+        verify::export(&self.db, self.key.origin(), self.key.vkey(), out).await
+    }
+}
+
+async fn writer(db: Db, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut queue = queue.lock().await;
+            match queue.recv().await {
+                Some(job) => batch.push(job),
+                None => return,
+            }
+            while batch.len() < max_batch {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        run_batch(&db, batch).await;
+    }
+}
+
+type Done = (
+    oneshot::Sender<Result<(Box<dyn Any + Send>, Range<u64>), StoreError>>,
+    Box<dyn Any + Send>,
+    Range<usize>,
+);
+
+/// Runs one batch of writes in one transaction: each in a savepoint, then the append, then one
+/// commit. Every writer hears back exactly once.
+async fn run_batch(db: &Db, batch: Vec<Job>) {
+    let begun = match db.backend() {
+        // Take SQLite's write lock at once: a deferred transaction that reads first can fail
+        // to upgrade when another connection wrote in between.
+        Backend::Sqlite => db.pool().begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => db.pool().begin().await,
+    };
+    let mut tx = match begun {
+        Ok(tx) => tx,
+        Err(e) => {
+            let message = e.to_string();
+            for job in batch {
+                let _ = job
+                    .reply
+                    .send(Err(StoreError::BatchFailed(message.clone())));
+            }
+            return;
+        }
+    };
+    let mut done: Vec<Done> = Vec::with_capacity(batch.len());
+    let mut entries = Vec::new();
+    let mut payloads = Vec::new();
+    let mut jobs = batch.into_iter();
+    while let Some(Job { work, reply }) = jobs.next() {
+        match run_one(&mut *tx, work).await {
+            Ran::Done(out) => {
+                let start = entries.len();
+                entries.extend(out.entries);
+                payloads.extend(out.payloads);
+                done.push((reply, out.value, start..entries.len()));
+            }
+            Ran::Failed(e) => {
+                let _ = reply.send(Err(e));
+            }
+            Ran::Broken(e) => {
+                // The transaction is in an unknown state: nothing of this batch may commit.
+                tracing::error!(error = %e, "an audited write batch could not undo a failed write");
+                let _ = reply.send(Err(e));
+                let message = "the write batch was abandoned".to_owned();
+                let pending = done.into_iter().map(|d| d.0).chain(jobs.map(|j| j.reply));
+                for reply in pending {
+                    let _ = reply.send(Err(StoreError::BatchFailed(message.clone())));
+                }
+                return;
+            }
+        }
+    }
+    let committed: Result<u64, StoreError> = async {
+        let first = if entries.is_empty() {
+            0
+        } else {
+            rows::put_payloads(&mut tx, &payloads).await?;
+            rows::append(&mut tx, &entries).await?
+        };
+        tx.commit().await?;
+        Ok(first)
+    }
+    .await;
+    match committed {
+        Ok(first) => {
+            for (reply, value, range) in done {
+                let indexes = first + range.start as u64..first + range.end as u64;
+                let _ = reply.send(Ok((value, indexes)));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "an audited write batch failed to commit");
+            let message = e.to_string();
+            for (reply, _, _) in done {
+                let _ = reply.send(Err(StoreError::BatchFailed(message.clone())));
+            }
+        }
+    }
+}
+
+/// How one write of a batch went.
+enum Ran {
+    Done(Audited<Box<dyn Any + Send>>),
+    /// The write failed and its savepoint was rolled back: the batch goes on.
+    Failed(StoreError),
+    /// Rolling back failed too: the whole batch must be abandoned.
+    Broken(StoreError),
+}
+
+async fn run_one(tx: &mut AnyConnection, work: Work) -> Ran {
+    let mut savepoint = match tx.begin().await {
+        Ok(savepoint) => savepoint,
+        Err(e) => return Ran::Broken(e.into()),
+    };
+    match work(&mut savepoint).await {
+        Ok(out) => match savepoint.commit().await {
+            Ok(()) => Ran::Done(out),
+            Err(e) => Ran::Broken(e.into()),
+        },
+        Err(e) => match savepoint.rollback().await {
+            Ok(()) => Ran::Failed(e),
+            Err(rollback) => Ran::Broken(rollback.into()),
+        },
+    }
+}

@@ -1,0 +1,387 @@
+//! SQL for the audit log: appending entries with their stored hashes (serialized by the
+//! `audit_head` row), reading stored hashes for roots and proofs, entries, checkpoints, payloads
+//! and the log's key. Nothing here updates or deletes an entry, a hash or a checkpoint.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row as _};
+
+use super::{Db, StoreError, i64_of, u64_of};
+use crate::audit::entry::Entry;
+use crate::audit::merkle::{self, Hash, HashCache, ProofError, TreeOp};
+
+/// Rows per multi-row INSERT: few distinct statements to prepare, far below every bind limit.
+const ENTRY_ROWS_PER_INSERT: usize = 100;
+const HASH_ROWS_PER_INSERT: usize = 250;
+
+fn hash_of(bytes: &[u8]) -> Result<Hash, StoreError> {
+    merkle::hash_from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("audit hash: {e}")))
+}
+
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut sql = String::new();
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * columns + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// The stored hashes at `indexes` that exist, in one query.
+///
+/// # Errors
+/// A database failure or a stored hash that is not 32 bytes.
+pub async fn read_hashes(
+    conn: &mut AnyConnection,
+    indexes: &[u64],
+) -> Result<Vec<(u64, Hash)>, StoreError> {
+    if indexes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::with_capacity(indexes.len());
+    for chunk in indexes.chunks(HASH_ROWS_PER_INSERT) {
+        let list = (1..=chunk.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT idx, hash FROM audit_hashes WHERE idx IN ({list})");
+        let mut query = sqlx::query(&sql);
+        for &index in chunk {
+            query = query.bind(i64_of(index));
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            found.push((
+                u64_of(row.try_get("idx")?),
+                hash_of(&row.try_get::<Vec<u8>, _>("hash")?)?,
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// Runs a tree operation over the stored hashes, fetching what it needs (in practice one query).
+/// The outer error is the database's, the inner one the operation's (an index outside the tree,
+/// or stored hashes that are missing).
+///
+/// # Errors
+/// A database failure.
+pub async fn tree(
+    conn: &mut AnyConnection,
+    op: TreeOp,
+) -> Result<Result<Vec<Hash>, ProofError>, StoreError> {
+    let cache = HashCache::new();
+    // Each round fetches at least one new index; no operation reads more than a few dozen.
+    for _ in 0..4 {
+        match op.run(&cache) {
+            Err(ProofError::MissingHash(_)) => {
+                let missing = cache.take_missing();
+                let fetched = read_hashes(conn, &missing).await?;
+                if let Some(&absent) = missing
+                    .iter()
+                    .find(|i| !fetched.iter().any(|(f, _)| f == *i))
+                {
+                    return Ok(Err(ProofError::MissingHash(absent)));
+                }
+                cache.insert(fetched);
+            }
+            done => return Ok(done),
+        }
+    }
+    Ok(op.run(&cache))
+}
+
+/// Appends `entries` (in order) and their stored hashes inside the caller's transaction, and
+/// returns the index of the first. Updating `audit_head` first makes concurrent appenders, on
+/// any replica, wait for this transaction to end: the database orders the log.
+///
+/// # Errors
+/// A database failure, or stored hashes missing from the tree's right edge (a damaged log).
+pub async fn append(conn: &mut AnyConnection, entries: &[Entry]) -> Result<u64, StoreError> {
+    let count = entries.len() as u64;
+    let row = sqlx::query("UPDATE audit_head SET size = size + $1 WHERE id = 1 RETURNING size")
+        .bind(i64_of(count))
+        .fetch_one(&mut *conn)
+        .await?;
+    let end = u64_of(row.try_get("size")?);
+    let start = end
+        .checked_sub(count)
+        .ok_or_else(|| StoreError::Corrupt("audit log size went backwards".into()))?;
+    if entries.is_empty() {
+        return Ok(start);
+    }
+    let encoded: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
+    let leaves: Vec<Hash> = encoded.iter().map(|b| merkle::leaf_hash(b)).collect();
+    let cache = HashCache::new();
+    cache.insert(read_hashes(conn, &merkle::right_edge(start)).await?);
+    let hashes = merkle::append(start, &leaves, &cache)
+        .map_err(|e| StoreError::Corrupt(format!("audit tree at size {start}: {e}")))?;
+
+    let rows: Vec<_> = (start..).zip(entries.iter().zip(&encoded)).collect();
+    for chunk in rows.chunks(ENTRY_ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO audit_entries (idx, entry, kind, at_ms, vendor, actor, approval_id, plugin, rule, decision) VALUES {}",
+            placeholders(chunk.len(), 10)
+        );
+        let mut query = sqlx::query(&sql);
+        for (index, (entry, bytes)) in chunk {
+            let ix = entry.event.index();
+            query = query
+                .bind(i64_of(*index))
+                .bind(bytes.as_slice())
+                .bind(ix.kind)
+                .bind(i64_of(entry.at_ms))
+                .bind(ix.vendor)
+                .bind(ix.actor)
+                .bind(ix.approval_id)
+                .bind(ix.plugin)
+                .bind(ix.rule)
+                .bind(ix.decision);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for chunk in hashes.chunks(HASH_ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO audit_hashes (idx, hash) VALUES {}",
+            placeholders(chunk.len(), 2)
+        );
+        let mut query = sqlx::query(&sql);
+        for (index, hash) in chunk {
+            query = query.bind(i64_of(*index)).bind(hash.0.as_slice());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(start)
+}
+
+/// Stores payloads by SHA-256 (hex) in the caller's transaction; ones already stored are kept.
+///
+/// # Errors
+/// A database failure.
+pub async fn put_payloads(
+    conn: &mut AnyConnection,
+    payloads: &[(String, Vec<u8>)],
+) -> Result<(), StoreError> {
+    for (sha256, bytes) in payloads {
+        sqlx::query(
+            "INSERT INTO audit_payloads (sha256, bytes) VALUES ($1, $2) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(sha256)
+        .bind(bytes.as_slice())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Deletes a payload's bytes; `false` if there were none.
+///
+/// # Errors
+/// A database failure.
+pub async fn delete_payload(conn: &mut AnyConnection, sha256: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query("DELETE FROM audit_payloads WHERE sha256 = $1")
+        .bind(sha256)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+        > 0)
+}
+
+/// A payload's bytes, unless redacted (or never stored).
+///
+/// # Errors
+/// A database failure.
+pub async fn payload(db: &Db, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(
+        sqlx::query("SELECT bytes FROM audit_payloads WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(db.pool())
+            .await?
+            .map(|r| r.try_get("bytes"))
+            .transpose()?,
+    )
+}
+
+/// Payloads in SHA-256 order after `after` (exclusive), at most `limit`: for exports.
+///
+/// # Errors
+/// A database failure.
+pub async fn payloads_after(
+    db: &Db,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT sha256, bytes FROM audit_payloads WHERE sha256 > $1 ORDER BY sha256 LIMIT {limit}"
+    ))
+    .bind(after)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("sha256")?, r.try_get("bytes")?)))
+    .collect()
+}
+
+/// The number of entries committed.
+///
+/// # Errors
+/// A database failure.
+pub async fn size(db: &Db) -> Result<u64, StoreError> {
+    Ok(u64_of(
+        sqlx::query("SELECT size FROM audit_head WHERE id = 1")
+            .fetch_one(db.pool())
+            .await?
+            .try_get("size")?,
+    ))
+}
+
+/// A stored entry: its index and canonical bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub index: u64,
+    pub bytes: Vec<u8>,
+}
+
+fn entry_of(row: &AnyRow) -> Result<StoredEntry, StoreError> {
+    Ok(StoredEntry {
+        index: u64_of(row.try_get("idx")?),
+        bytes: row.try_get("entry")?,
+    })
+}
+
+/// Entries `from..to` in index order (those that exist).
+///
+/// # Errors
+/// A database failure.
+pub async fn entries(db: &Db, from: u64, to: u64) -> Result<Vec<StoredEntry>, StoreError> {
+    sqlx::query("SELECT idx, entry FROM audit_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx")
+        .bind(i64_of(from))
+        .bind(i64_of(to))
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(entry_of)
+        .collect()
+}
+
+/// The entries about one approval, in index order.
+///
+/// # Errors
+/// A database failure.
+pub async fn entries_of_approval(
+    db: &Db,
+    approval_id: &str,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    sqlx::query("SELECT idx, entry FROM audit_entries WHERE approval_id = $1 ORDER BY idx")
+        .bind(approval_id)
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(entry_of)
+        .collect()
+}
+
+/// A stored signed checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCheckpoint {
+    pub size: u64,
+    pub root: Hash,
+    pub note: String,
+    pub signed_at_ms: u64,
+}
+
+fn checkpoint_of(row: &AnyRow) -> Result<StoredCheckpoint, StoreError> {
+    Ok(StoredCheckpoint {
+        size: u64_of(row.try_get("tree_size")?),
+        root: hash_of(&row.try_get::<Vec<u8>, _>("root")?)?,
+        note: row.try_get("note")?,
+        signed_at_ms: u64_of(row.try_get("signed_at_ms")?),
+    })
+}
+
+/// Stores a signed checkpoint; a replica that signed the same size first keeps its row (Ed25519
+/// is deterministic, so the notes are identical anyway).
+///
+/// # Errors
+/// A database failure.
+pub async fn insert_checkpoint(db: &Db, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (tree_size, root, note, signed_at_ms) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tree_size) DO NOTHING",
+    )
+    .bind(i64_of(checkpoint.size))
+    .bind(checkpoint.root.0.as_slice())
+    .bind(&checkpoint.note)
+    .bind(i64_of(checkpoint.signed_at_ms))
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// The checkpoint of the largest tree.
+///
+/// # Errors
+/// A database failure or a corrupt row.
+pub async fn latest_checkpoint(db: &Db) -> Result<Option<StoredCheckpoint>, StoreError> {
+    sqlx::query(
+        "SELECT tree_size, root, note, signed_at_ms FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
+    )
+    .fetch_optional(db.pool())
+    .await?
+    .as_ref()
+    .map(checkpoint_of)
+    .transpose()
+}
+
+/// Checkpoints with a tree size after `after`, smallest first, at most `limit`.
+///
+/// # Errors
+/// A database failure or a corrupt row.
+pub async fn checkpoints_after(
+    db: &Db,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<StoredCheckpoint>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT tree_size, root, note, signed_at_ms FROM audit_checkpoints WHERE tree_size > $1
+         ORDER BY tree_size LIMIT {limit}"
+    ))
+    .bind(i64_of(after))
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(checkpoint_of)
+    .collect()
+}
+
+/// The log's stored private key, if one was stored.
+///
+/// # Errors
+/// A database failure.
+pub async fn log_key(db: &Db) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query("SELECT skey FROM audit_log_key WHERE id = 1")
+        .fetch_optional(db.pool())
+        .await?
+        .map(|r| r.try_get("skey"))
+        .transpose()?)
+}
+
+/// Stores the log's private key unless one is stored already (another replica won the race).
+///
+/// # Errors
+/// A database failure.
+pub async fn insert_log_key(db: &Db, skey: &str, now_ms: u64) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log_key (id, skey, created_at_ms) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(skey)
+    .bind(i64_of(now_ms))
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
