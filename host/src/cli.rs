@@ -492,7 +492,7 @@ async fn audit_demo(audit: &AuditLog, approval_id: &str, data_dir: &Path) -> any
     let report = verify_export(
         std::io::BufReader::new(std::fs::File::open(&path)?),
         audit.vkey(),
-        &[receipt.checkpoint.clone()],
+        std::slice::from_ref(&receipt.checkpoint),
     )?;
     println!(
         "  the whole log, exported to {} and verified offline:",

@@ -182,7 +182,7 @@ pub const SWEEP_BATCH: u32 = 1_000;
 
 /// What storing a new request's record did.
 enum NewRecord {
-    Stored(ApprovalRecord),
+    Stored(Box<ApprovalRecord>),
     /// An identical request, or one with the same idempotency key, got there first; the record
     /// (as it was before any change) is handed back for another attempt.
     Conflict(Box<ApprovalRecord>),
@@ -538,7 +538,7 @@ impl ApprovalService {
         for _ in 0..4 {
             match self.store_new(attempt, limit).await? {
                 NewRecord::Stored(record) => {
-                    stored = Some(record);
+                    stored = Some(*record);
                     break;
                 }
                 NewRecord::Conflict(record) => {
@@ -597,7 +597,7 @@ impl ApprovalService {
                     };
                     let recorded = events::request(&record, limit);
                     Ok(Audited {
-                        value: NewRecord::Stored(record),
+                        value: NewRecord::Stored(Box::new(record)),
                         entries: recorded.entries,
                         payloads: recorded.payloads,
                     })

@@ -169,9 +169,12 @@ type Work = Box<
         + Send,
 >;
 
+/// Where a write's result goes: its value and the indexes of its entries, once committed.
+type Reply = oneshot::Sender<Result<(Box<dyn Any + Send>, Range<u64>), StoreError>>;
+
 struct Job {
     work: Work,
-    reply: oneshot::Sender<Result<(Box<dyn Any + Send>, Range<u64>), StoreError>>,
+    reply: Reply,
 }
 
 /// The process-wide audit log.
@@ -343,6 +346,22 @@ impl AuditLog {
     /// A database failure.
     pub async fn size(&self) -> Result<u64, AuditError> {
         Ok(rows::size(&self.db).await?)
+    }
+
+    /// Entries `from..to` (those stored), in index order.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn entries(&self, from: u64, to: u64) -> Result<Vec<StoredEntry>, AuditError> {
+        Ok(rows::entries(&self.db, from, to).await?)
+    }
+
+    /// The entries about one approval, in index order.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn entries_of(&self, approval_id: &str) -> Result<Vec<StoredEntry>, AuditError> {
+        Ok(rows::entries_of_approval(&self.db, approval_id).await?)
     }
 
     async fn tree(&self, op: TreeOp) -> Result<Vec<Hash>, AuditError> {
@@ -599,11 +618,7 @@ async fn writer(db: Db, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>, max
     }
 }
 
-type Done = (
-    oneshot::Sender<Result<(Box<dyn Any + Send>, Range<u64>), StoreError>>,
-    Box<dyn Any + Send>,
-    Range<usize>,
-);
+type Done = (Reply, Box<dyn Any + Send>, Range<usize>);
 
 /// Runs one batch of writes in one transaction: each in a savepoint, then the append, then one
 /// commit. Every writer hears back exactly once.
@@ -631,7 +646,7 @@ async fn run_batch(db: &Db, batch: Vec<Job>) {
     let mut payloads = Vec::new();
     let mut jobs = batch.into_iter();
     while let Some(Job { work, reply }) = jobs.next() {
-        match run_one(&mut *tx, work).await {
+        match run_one(&mut tx, work).await {
             Ran::Done(out) => {
                 let start = entries.len();
                 entries.extend(out.entries);

@@ -392,8 +392,16 @@ impl Verifier {
             if checkpoint.root == root {
                 self.report.checkpoints_verified += 1;
                 self.report.verified_size = self.report.verified_size.max(size);
+                // Earlier signed checkpoints that the entries contradict, under a later one they
+                // match: two histories were signed. Name it as the fork it is.
                 for older in std::mem::take(&mut self.mismatched) {
-                    self.report.fail(Failure::Fork { older, newer: size });
+                    let fork = Failure::Fork { older, newer: size };
+                    match self.report.failures.iter().position(
+                        |f| matches!(f, Failure::CheckpointMismatch { size, .. } if *size == older),
+                    ) {
+                        Some(at) => self.report.failures[at] = fork,
+                        None => self.report.fail(fork),
+                    }
                 }
                 self.matched = size;
             } else {
