@@ -16,7 +16,7 @@ use approval_host::audit::checkpoint::LogKey;
 use approval_host::audit::entry::{self, Entry, Event, PluginOutcome};
 use approval_host::audit::merkle::{self, HashCache};
 use approval_host::audit::verify::{Failure, Report, verify_export};
-use approval_host::audit::{AuditError, AuditLog, Audited};
+use approval_host::audit::{AuditError, AuditLog, Audited, Scope};
 use approval_host::clock::ManualClock;
 use approval_host::plugin::registry::{PluginRegistry, PluginState};
 use approval_host::policy::document::TemplateDoc;
@@ -434,22 +434,27 @@ async fn failed_write(db: TestDb) {
     let write = |vendor: &'static str, fail: bool| {
         let log = Arc::clone(&log);
         async move {
-            log.commit(move |conn: &mut AnyConnection| {
-                Box::pin(async move {
-                    sqlx::query("INSERT INTO vendors (id, name, created_at_ms) VALUES ($1, $1, 0)")
+            log.commit(
+                Scope::Vendor(vendor.into()),
+                move |conn: &mut AnyConnection| {
+                    Box::pin(async move {
+                        sqlx::query(
+                            "INSERT INTO vendors (id, name, created_at_ms) VALUES ($1, $1, 0)",
+                        )
                         .bind(vendor)
                         .execute(&mut *conn)
                         .await?;
-                    if fail {
-                        return Err(StoreError::Corrupt("the write changed its mind".into()));
-                    }
-                    Ok(Audited {
-                        value: vendor,
-                        entries: vec![note(1)],
-                        payloads: Vec::new(),
+                        if fail {
+                            return Err(StoreError::Corrupt("the write changed its mind".into()));
+                        }
+                        Ok(Audited {
+                            value: vendor,
+                            entries: vec![note(1)],
+                            payloads: Vec::new(),
+                        })
                     })
-                })
-            })
+                },
+            )
             .await
         }
     };
@@ -472,6 +477,53 @@ async fn failed_write(db: TestDb) {
         log.append(vec![note(2)]).await,
         Err(StoreError::Closed)
     ));
+}
+
+on_both_backends!(
+    checkpoints_come_while_the_log_grows_and_at_shutdown,
+    checkpoints
+);
+async fn checkpoints(db: TestDb) {
+    let config = approval_host::audit::AuditConfig {
+        checkpoint_every: Duration::from_millis(2),
+        ..approval_host::audit::AuditConfig::default()
+    };
+    let log = AuditLog::open(db.db.clone(), config, Arc::new(ManualClock::at(T0)))
+        .await
+        .unwrap();
+    assert_eq!(log.checkpoint().await.unwrap(), None, "nothing to sign yet");
+    log.append((0..10).map(note).collect()).await.unwrap();
+    let ticker = log.spawn_checkpointer();
+    // The checkpointer signs within a few ticks (a bounded wait for it, not a timing claim).
+    let mut first = None;
+    for _ in 0..5_000 {
+        first = log.latest_checkpoint().await.unwrap();
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let first = first.expect("the checkpointer signed the log");
+    assert_eq!(first.size, 10);
+    // Without new entries, no new checkpoint: the same one comes back.
+    assert_eq!(log.checkpoint().await.unwrap().unwrap().size, 10);
+    ticker.abort();
+
+    // Shutting down commits what is queued and signs the last state.
+    log.append((10..15).map(note).collect()).await.unwrap();
+    let last = log.close().await.unwrap().unwrap();
+    assert_eq!(last.size, 15);
+    let proof: Vec<[u8; 32]> = log
+        .consistency_proof(10, 15)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.0)
+        .collect();
+    merkle::verify_consistency(10, 15, &proof, &first.root.0, &last.root.0).unwrap();
+    let report = verify(&log, &[]).await;
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.checkpoints_verified, 2);
 }
 
 // ---- tampering -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::audit::{AuditLog, Audited, events};
+use crate::audit::{AuditLog, Audited, Scope, events};
 use crate::canonical::{self, CanonicalError};
 use crate::clock::Clock;
 use crate::plugin::registry::PluginRegistry;
@@ -327,7 +327,7 @@ impl ApprovalService {
             (vendor.to_owned(), changed_by.to_owned(), document.to_json());
         let committed = self
             .audit
-            .commit(move |conn| {
+            .commit(Scope::Vendor(vendor.clone()), move |conn| {
                 Box::pin(async move {
                     let kind = DocumentKind::Template { vendor: &vendor };
                     let version =
@@ -399,7 +399,7 @@ impl ApprovalService {
         );
         let committed = self
             .audit
-            .commit(move |conn| {
+            .commit(Scope::actor(&vendor, &actor), move |conn| {
                 Box::pin(async move {
                     let kind = DocumentKind::Overrides {
                         vendor: &vendor,
@@ -578,7 +578,7 @@ impl ApprovalService {
     ) -> Result<NewRecord, ApprovalError> {
         let committed = self
             .audit
-            .commit(move |conn| {
+            .commit(Scope::actor(&record.vendor, &record.actor), move |conn| {
                 Box::pin(async move {
                     let record = match rows::insert(conn, &record, limit).await? {
                         Inserted::Stored => record,
@@ -847,7 +847,7 @@ impl ApprovalService {
         let now = self.clock.now_ms();
         match record.expires_at_ms {
             Some(expires) if record.status == Status::Pending && expires <= now => {
-                match self.settle_expired(now, Some(&record.id)).await?.pop() {
+                match self.settle_expired(now, Some(&record)).await?.pop() {
                     Some(settled) => Ok(settled),
                     // Another caller or replica settled it first.
                     None => rows::get(&self.db, &record.id)
@@ -888,6 +888,10 @@ impl ApprovalService {
     /// A database failure.
     pub async fn sweep(&self) -> Result<usize, ApprovalError> {
         let now = self.clock.now_ms();
+        // A read first: most sweeps (and every inbox) find nothing to settle and need no write.
+        if !rows::any_expired(&self.db, now).await? {
+            return Ok(0);
+        }
         let mut count = 0;
         loop {
             let settled = self.settle_expired(now, None).await?.len();
@@ -903,12 +907,13 @@ impl ApprovalService {
     async fn settle_expired(
         &self,
         now: u64,
-        only: Option<&str>,
+        only: Option<&ApprovalRecord>,
     ) -> Result<Vec<ApprovalRecord>, ApprovalError> {
-        let only = only.map(str::to_owned);
+        let scope = only.map_or(Scope::Many, |r| Scope::actor(&r.vendor, &r.actor));
+        let only = only.map(|r| r.id.clone());
         let settled = self
             .audit
-            .commit(move |conn| {
+            .commit(scope, move |conn| {
                 Box::pin(async move {
                     let settled =
                         rows::settle_expired(conn, now, only.as_deref(), SWEEP_BATCH).await?;
@@ -1022,7 +1027,7 @@ impl ApprovalService {
         let id_owned = id.to_owned();
         let settled = self
             .audit
-            .commit(move |conn| {
+            .commit(Scope::actor(&record.vendor, &record.actor), move |conn| {
                 Box::pin(async move {
                     let Some(settled) =
                         rows::settle_by_guardian(conn, &id_owned, &settlement, now).await?

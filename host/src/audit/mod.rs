@@ -162,19 +162,54 @@ impl Receipt {
     }
 }
 
-type Work = Box<
+type WriteFn = Box<
     dyn for<'c> FnOnce(
             &'c mut AnyConnection,
         ) -> BoxFuture<'c, Result<Audited<Box<dyn Any + Send>>, StoreError>>
         + Send,
 >;
 
+/// What a queued job does in the batch's transaction.
+enum Work {
+    /// SQL of its own: run in a savepoint, so that its failure undoes only itself.
+    Write(WriteFn),
+    /// Entries alone: nothing can fail halfway, so no savepoint (and no round trips for one).
+    Entries(Audited<Box<dyn Any + Send>>),
+}
+
 /// Where a write's result goes: its value and the indexes of its entries, once committed.
 type Reply = oneshot::Sender<Result<(Box<dyn Any + Send>, Range<u64>), StoreError>>;
 
 struct Job {
+    /// Writes of one batch run in the order of their scopes (see [`Scope`]).
+    scope: Scope,
     work: Work,
     reply: Reply,
+}
+
+/// The rows a write locks, by the thing they belong to. The writes of a batch run ordered by
+/// scope, so every transaction (on every replica) takes row locks in one global order and two
+/// batches cannot deadlock; the log's own row is always taken last, by the append.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Rows of many owners at once (the sweep of expired requests): first.
+    Many,
+    /// A vendor's own rows (policy templates, plugin versions).
+    Vendor(String),
+    /// One actor's rows (its requests and rate-limit row).
+    Actor { vendor: String, actor: String },
+    /// Only the log's own tables (payloads).
+    Log,
+}
+
+impl Scope {
+    /// One actor's rows.
+    pub fn actor(vendor: &str, actor: &str) -> Self {
+        Scope::Actor {
+            vendor: vendor.to_owned(),
+            actor: actor.to_owned(),
+        }
+    }
 }
 
 /// The process-wide audit log.
@@ -278,20 +313,20 @@ impl AuditLog {
 
     /// Runs `work` in a transaction with other queued writes, appends the entries it returns,
     /// and commits; returns its value once durable. If `work` fails, its changes are undone and
-    /// nothing of it is appended; if the commit fails, nothing of the batch is stored.
+    /// nothing of it is appended; if the commit fails, nothing of the batch is stored. `work`
+    /// should lock only rows of its `scope`.
     ///
     /// # Errors
     /// What `work` failed with, the commit's failure, or [`StoreError::Closed`] after
     /// [`Self::close`].
-    pub async fn commit<T, F>(&self, work: F) -> Result<Committed<T>, StoreError>
+    pub async fn commit<T, F>(&self, scope: Scope, work: F) -> Result<Committed<T>, StoreError>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Audited<T>, StoreError>>
             + Send
             + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let work: Work = Box::new(move |conn| {
+        let work: WriteFn = Box::new(move |conn| {
             Box::pin(async move {
                 let done = work(conn).await?;
                 Ok(Audited {
@@ -301,17 +336,7 @@ impl AuditLog {
                 })
             })
         });
-        let queue = self
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        queue
-            .send(Job { work, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        let (value, entries) = answer.await.map_err(|_| StoreError::Closed)??;
+        let (value, entries) = self.submit(scope, Work::Write(work)).await?;
         let value = value
             .downcast::<T>()
             .map_err(|_| StoreError::Corrupt("audit writer returned another type".into()))?;
@@ -321,23 +346,37 @@ impl AuditLog {
         })
     }
 
+    /// Queues a job and waits for its batch to commit.
+    async fn submit(
+        &self,
+        scope: Scope,
+        work: Work,
+    ) -> Result<(Box<dyn Any + Send>, Range<u64>), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        queue
+            .send(Job { scope, work, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Appends entries on their own (events with no other write).
     ///
     /// # Errors
     /// As [`Self::commit`].
     pub async fn append(&self, entries: Vec<Entry>) -> Result<Range<u64>, StoreError> {
-        Ok(self
-            .commit(move |_| {
-                Box::pin(async move {
-                    Ok(Audited {
-                        value: (),
-                        entries,
-                        payloads: Vec::new(),
-                    })
-                })
-            })
-            .await?
-            .entries)
+        let work = Work::Entries(Audited {
+            value: Box::new(()),
+            entries,
+            payloads: Vec::new(),
+        });
+        Ok(self.submit(Scope::Log, work).await?.1)
     }
 
     /// The number of committed entries.
@@ -562,7 +601,7 @@ impl AuditLog {
         let at = self.clock.now_ms();
         let (sha256, by, reason) = (sha256.to_owned(), by.to_owned(), reason.to_owned());
         Ok(self
-            .commit(move |conn| {
+            .commit(Scope::Log, move |conn| {
                 Box::pin(async move {
                     if !rows::delete_payload(conn, &sha256).await? {
                         return Ok(Audited::nothing(false));
@@ -622,7 +661,8 @@ type Done = (Reply, Box<dyn Any + Send>, Range<usize>);
 
 /// Runs one batch of writes in one transaction: each in a savepoint, then the append, then one
 /// commit. Every writer hears back exactly once.
-async fn run_batch(db: &Db, batch: Vec<Job>) {
+async fn run_batch(db: &Db, mut batch: Vec<Job>) {
+    batch.sort_by(|a, b| a.scope.cmp(&b.scope));
     let begun = match db.backend() {
         // Take SQLite's write lock at once: a deferred transaction that reads first can fail
         // to upgrade when another connection wrote in between.
@@ -645,7 +685,7 @@ async fn run_batch(db: &Db, batch: Vec<Job>) {
     let mut entries = Vec::new();
     let mut payloads = Vec::new();
     let mut jobs = batch.into_iter();
-    while let Some(Job { work, reply }) = jobs.next() {
+    while let Some(Job { work, reply, .. }) = jobs.next() {
         match run_one(&mut tx, work).await {
             Ran::Done(out) => {
                 let start = entries.len();
@@ -707,6 +747,10 @@ enum Ran {
 }
 
 async fn run_one(tx: &mut AnyConnection, work: Work) -> Ran {
+    let work = match work {
+        Work::Entries(done) => return Ran::Done(done),
+        Work::Write(work) => work,
+    };
     let mut savepoint = match tx.begin().await {
         Ok(savepoint) => savepoint,
         Err(e) => return Ran::Broken(e.into()),

@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 use super::error::UploadError;
 use super::limits::PluginLimits;
 use super::runtime::{CompiledPlugin, LoadedPlugin, PluginIdentity, PluginRuntime};
-use crate::audit::{AuditLog, Audited, events};
+use crate::audit::{AuditLog, Audited, Scope, events};
 use crate::risk::PluginInfo;
 use crate::store::{self, Db, StoreError};
 
@@ -188,7 +188,7 @@ impl PluginRegistry {
         let (vendor_owned, sha, bytes_owned) = (vendor.to_owned(), sha256.clone(), bytes.to_vec());
         let stored = self
             .audit
-            .commit(move |conn| {
+            .commit(Scope::Vendor(vendor.to_owned()), move |conn| {
                 Box::pin(async move {
                     let new = store::plugins::NewVersion {
                         vendor: &vendor_owned,
@@ -295,7 +295,7 @@ impl PluginRegistry {
         let (vendor_owned, name_owned) = (vendor.to_owned(), name.to_owned());
         let changed = self
             .audit
-            .commit(move |conn| {
+            .commit(Scope::Vendor(vendor.to_owned()), move |conn| {
                 Box::pin(async move {
                     let target = (vendor_owned.as_str(), name_owned.as_str(), version);
                     let Some(change) =

@@ -527,6 +527,20 @@ pub async fn settle_expired(
     query.fetch_all(conn).await?.iter().map(record_of).collect()
 }
 
+/// Whether any pending request expired at or before `now_ms`.
+///
+/// # Errors
+/// A database failure.
+pub async fn any_expired(db: &Db, now_ms: u64) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "SELECT 1 FROM approvals WHERE status = 'pending' AND expires_at_ms <= $1 LIMIT 1",
+    )
+    .bind(i64_of(now_ms))
+    .fetch_optional(db.pool())
+    .await?
+    .is_some())
+}
+
 /// An actor's activity in the last hour and day, and its pending count, as of `now_ms`.
 ///
 /// # Errors

@@ -17,16 +17,24 @@ fn hash_of(bytes: &[u8]) -> Result<Hash, StoreError> {
     merkle::hash_from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("audit hash: {e}")))
 }
 
-fn placeholders(rows: usize, columns: usize) -> String {
-    let mut sql = String::new();
+/// `(…), (…)` with `rows` groups of `columns` placeholders. SQLite gets anonymous `?`: sqlx
+/// resolves a named `$n` by scanning the statement's parameter names, which is quadratic in
+/// the number of parameters of a multi-row insert.
+fn placeholders(conn: &AnyConnection, rows: usize, columns: usize) -> String {
+    let numbered = conn.backend_name() != "SQLite";
+    let mut sql = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
         for column in 0..columns {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(row * columns + column + 1).to_string());
+            if numbered {
+                sql.push('$');
+                sql.push_str(&(row * columns + column + 1).to_string());
+            } else {
+                sql.push('?');
+            }
         }
         sql.push(')');
     }
@@ -46,11 +54,11 @@ pub async fn read_hashes(
     }
     let mut found = Vec::with_capacity(indexes.len());
     for chunk in indexes.chunks(HASH_ROWS_PER_INSERT) {
-        let list = (1..=chunk.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!("SELECT idx, hash FROM audit_hashes WHERE idx IN ({list})");
+        let list = placeholders(conn, chunk.len(), 1);
+        let sql = format!(
+            "SELECT idx, hash FROM audit_hashes WHERE idx IN ({})",
+            list.replace(['(', ')'], "")
+        );
         let mut query = sqlx::query(&sql);
         for &index in chunk {
             query = query.bind(i64_of(index));
@@ -126,7 +134,7 @@ pub async fn append(conn: &mut AnyConnection, entries: &[Entry]) -> Result<u64, 
     for chunk in rows.chunks(ENTRY_ROWS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO audit_entries (idx, entry, kind, at_ms, vendor, actor, approval_id, plugin, rule, decision) VALUES {}",
-            placeholders(chunk.len(), 10)
+            placeholders(conn, chunk.len(), 10)
         );
         let mut query = sqlx::query(&sql);
         for (index, (entry, bytes)) in chunk {
@@ -148,7 +156,7 @@ pub async fn append(conn: &mut AnyConnection, entries: &[Entry]) -> Result<u64, 
     for chunk in hashes.chunks(HASH_ROWS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO audit_hashes (idx, hash) VALUES {}",
-            placeholders(chunk.len(), 2)
+            placeholders(conn, chunk.len(), 2)
         );
         let mut query = sqlx::query(&sql);
         for (index, hash) in chunk {
