@@ -451,7 +451,7 @@ async fn demo(data_dir: &Path) -> anyhow::Result<()> {
     let asked = approvals_demo(&db, Arc::clone(&audit), registry, vendor).await?;
     audit_demo(&audit, &asked, data_dir).await?;
     println!(
-        "\nWhat to try next:\n  \
+        "\nWhat to try next (from this repository, `approval-host` is `cargo run -q -p approval-host --`):\n  \
          approval-host plugin check <your-plugin.wasm>\n  \
          approval-host plugin try <your-plugin.wasm> --amount 60000 --category gambling\n  \
          approval-host audit receipt {asked}\n  \
