@@ -322,18 +322,43 @@ impl ApprovalService {
         if !directory::vendor_exists(&self.db, vendor).await? {
             return Err(ApprovalError::UnknownVendor);
         }
+        self.store_document(vendor, None, document.to_json(), changed_by)
+            .await
+    }
+
+    /// Stores the next version of a vendor's template (`actor` `None`) or of an actor's
+    /// overrides, with its audit entry, and returns the version.
+    async fn store_document(
+        &self,
+        vendor: &str,
+        actor: Option<&str>,
+        json: String,
+        changed_by: &str,
+    ) -> Result<u32, ApprovalError> {
         let now = self.clock.now_ms();
-        let (vendor, changed_by, json) =
-            (vendor.to_owned(), changed_by.to_owned(), document.to_json());
+        let scope = match actor {
+            Some(actor) => Scope::actor(vendor, actor),
+            None => Scope::Vendor(vendor.to_owned()),
+        };
+        let (vendor, actor, changed_by) = (
+            vendor.to_owned(),
+            actor.map(str::to_owned),
+            changed_by.to_owned(),
+        );
         let committed = self
             .audit
-            .commit(Scope::Vendor(vendor.clone()), move |conn| {
+            .commit(scope, move |conn| {
                 Box::pin(async move {
-                    let kind = DocumentKind::Template { vendor: &vendor };
+                    let kind = match &actor {
+                        Some(actor) => DocumentKind::Overrides {
+                            vendor: &vendor,
+                            actor,
+                        },
+                        None => DocumentKind::Template { vendor: &vendor },
+                    };
                     let version =
                         directory::insert_document(conn, kind, &json, &changed_by, now).await?;
-                    let recorded =
-                        events::policy_changed(&vendor, version, &changed_by, &json, now);
+                    let recorded = events::document_changed(kind, version, &changed_by, &json, now);
                     Ok(Audited {
                         value: version,
                         entries: recorded.entries,
@@ -390,39 +415,8 @@ impl ApprovalService {
         }
         let (_, template) = self.template(vendor).await?;
         template.check_overrides(&document.to_overrides())?;
-        let now = self.clock.now_ms();
-        let (vendor, actor, guardian, json) = (
-            vendor.to_owned(),
-            actor.to_owned(),
-            guardian.to_owned(),
-            document.to_json(),
-        );
-        let committed = self
-            .audit
-            .commit(Scope::actor(&vendor, &actor), move |conn| {
-                Box::pin(async move {
-                    let kind = DocumentKind::Overrides {
-                        vendor: &vendor,
-                        actor: &actor,
-                    };
-                    let version =
-                        directory::insert_document(conn, kind, &json, &guardian, now).await?;
-                    let recorded = events::overrides_changed(
-                        (&vendor, &actor),
-                        version,
-                        &guardian,
-                        &json,
-                        now,
-                    );
-                    Ok(Audited {
-                        value: version,
-                        entries: recorded.entries,
-                        payloads: recorded.payloads,
-                    })
-                })
-            })
-            .await?;
-        Ok(committed.value)
+        self.store_document(vendor, Some(actor), document.to_json(), guardian)
+            .await
     }
 
     /// The actor's overrides in force and their version (0 when none were set).

@@ -8,6 +8,7 @@ use super::entry::{Entry, Event, PluginOutcome};
 use crate::approvals::record::{ApprovalRecord, Method, Status};
 use crate::canonical;
 use crate::plugin::registry::{PluginState, PluginVersion};
+use crate::store::directory::DocumentKind;
 
 /// Entries and the payloads they reference.
 #[derive(Debug, Default)]
@@ -187,50 +188,34 @@ pub fn timeout(record: &ApprovalRecord) -> Entry {
     )
 }
 
-/// A new version of a vendor's policy template.
-pub fn policy_changed(
-    vendor: &str,
+/// A new version of a vendor's policy template or of an actor's overrides.
+pub fn document_changed(
+    kind: DocumentKind<'_>,
     version: u32,
     changed_by: &str,
     document: &str,
     at_ms: u64,
 ) -> Recorded {
-    let name = payload_name(document.as_bytes());
+    let document_sha256 = payload_name(document.as_bytes());
+    let changed_by = changed_by.to_owned();
+    let event = match kind {
+        DocumentKind::Template { vendor } => Event::PolicyChanged {
+            vendor: vendor.to_owned(),
+            version,
+            changed_by,
+            document_sha256: document_sha256.clone(),
+        },
+        DocumentKind::Overrides { vendor, actor } => Event::OverridesChanged {
+            vendor: vendor.to_owned(),
+            actor: actor.to_owned(),
+            version,
+            changed_by,
+            document_sha256: document_sha256.clone(),
+        },
+    };
     Recorded {
-        entries: vec![Entry::new(
-            at_ms,
-            Event::PolicyChanged {
-                vendor: vendor.to_owned(),
-                version,
-                changed_by: changed_by.to_owned(),
-                document_sha256: name.clone(),
-            },
-        )],
-        payloads: vec![(name, document.as_bytes().to_vec())],
-    }
-}
-
-/// A new version of a guardian's overrides for one actor.
-pub fn overrides_changed(
-    (vendor, actor): (&str, &str),
-    version: u32,
-    changed_by: &str,
-    document: &str,
-    at_ms: u64,
-) -> Recorded {
-    let name = payload_name(document.as_bytes());
-    Recorded {
-        entries: vec![Entry::new(
-            at_ms,
-            Event::OverridesChanged {
-                vendor: vendor.to_owned(),
-                actor: actor.to_owned(),
-                version,
-                changed_by: changed_by.to_owned(),
-                document_sha256: name.clone(),
-            },
-        )],
-        payloads: vec![(name, document.as_bytes().to_vec())],
+        entries: vec![Entry::new(at_ms, event)],
+        payloads: vec![(document_sha256, document.as_bytes().to_vec())],
     }
 }
 

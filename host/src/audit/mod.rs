@@ -460,6 +460,19 @@ impl AuditLog {
         if size <= signed {
             return Ok(last);
         }
+        if let Some(last) = &last {
+            // The row is only as good as its signature: a row written by anyone but this key is
+            // not a checkpoint to extend.
+            let opened = self.verifier().open(&last.note).map_err(|e| {
+                AuditError::Inconsistent(format!("the stored checkpoint of {}: {e}", last.size))
+            })?;
+            if (opened.size, opened.root) != (last.size, last.root) {
+                return Err(AuditError::Inconsistent(format!(
+                    "the stored checkpoint of {} does not say what its note signs",
+                    last.size
+                )));
+            }
+        }
         let root = self.root(size).await?;
         self.check_new_entries(last.as_ref(), size, &root).await?;
         if let Some(last) = &last {
