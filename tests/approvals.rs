@@ -17,6 +17,7 @@ use approval_host::approvals::{
 use approval_host::clock::{Clock as _, ManualClock};
 use approval_host::plugin::registry::{PluginRegistry, PluginState};
 use approval_host::policy::document::{OverridesDoc, TemplateDoc};
+use approval_host::store::approvals::FlagScope;
 use approval_host::token::{TokenConfig, TokenIssuer};
 use common::{TestDb, plugin, runtime};
 use serde_json::{Value, json};
@@ -745,13 +746,21 @@ async fn volume_flag(db: TestDb) {
         ask(&host, pay(i + 1)).await;
     }
     assert!(
-        host.service.flags(VENDOR, 0).await.unwrap().is_empty(),
+        host.service
+            .flags(FlagScope::Vendor(VENDOR), 0)
+            .await
+            .unwrap()
+            .is_empty(),
         "nine is normal"
     );
     for i in 0..5u64 {
         ask(&host, pay(i + 100)).await;
     }
-    let flags = host.service.flags(VENDOR, 0).await.unwrap();
+    let flags = host
+        .service
+        .flags(FlagScope::Vendor(VENDOR), 0)
+        .await
+        .unwrap();
     assert_eq!(flags.len(), 1, "flagged once, not on every request");
     assert_eq!((flags[0].actor.as_str(), flags[0].last_hour), (TEDDY, 10));
     let flagged = std::iter::from_fn(|| events.try_recv().ok())

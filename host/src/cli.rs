@@ -2,29 +2,22 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use approval_host::approvals::record::{ApprovalRecord, Provenance, Status};
-use approval_host::approvals::{ApprovalConfig, ApprovalService, GuardianDecision, NewRequest};
 use approval_host::audit::checkpoint::CheckpointVerifier;
 use approval_host::audit::verify::verify_export;
 use approval_host::audit::{AuditConfig, AuditLog, Receipt, entry};
 use approval_host::clock::SystemClock;
-use approval_host::plugin::registry::{PluginRegistry, PluginState};
+use approval_host::config::ServeConfig;
 use approval_host::plugin::{
     CallReport, LoadedPlugin, PluginIdentity, PluginLimits, PluginRuntime, RuntimeConfig,
 };
-use approval_host::policy::document::TemplateDoc;
 use approval_host::risk::{
     Action, ClassifyInput, CounterOffer, EffectivePolicy, History, Money, RiskRequest,
 };
+use approval_host::server::{self, DemoInfo, Host, HostOptions};
 use approval_host::store::Db;
-use approval_host::token::{TokenConfig, TokenIssuer};
-
-/// The example plugin, built from plugins/velocity by the build script.
-const EXAMPLE_PLUGIN: &[u8] =
-    include_bytes!(concat!(env!("APPROVAL_HOST_PLUGINS_DIR"), "/velocity.wasm"));
 
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -42,12 +35,14 @@ enum Command {
     /// Tools for vendors writing risk plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
-    /// Sets up a demo vendor with the example plugin on SQLite and classifies sample requests.
-    Demo {
-        /// Where the demo keeps its SQLite database and compiled-plugin cache.
-        #[arg(long, default_value = "approval-host-data")]
-        data_dir: PathBuf,
-    },
+    /// Serves the API (see README for the configuration file and environment overrides).
+    Serve(ServeArgs),
+    /// Serves with a ready demo: a vendor, an agent, a guardian, the example plugin and a ¥600
+    /// payment waiting for the guardian; prints curl commands and writes `demo.json`.
+    Demo(ServeArgs),
+    /// Development helpers.
+    #[command(subcommand)]
+    Dev(DevCommand),
     /// The tamper-evident audit log: its key, checkpoints, exports, receipts and verification.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -55,6 +50,38 @@ enum Command {
 
 /// The demo's database, the default of every command that opens one.
 const DEMO_DB: &str = "sqlite://approval-host-data/approval-host.db?mode=rw";
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// A TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where to listen (overrides the configuration), e.g. 127.0.0.1:8080 or 127.0.0.1:0.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Where the SQLite database, plugin cache and demo files live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seed the demo (what `approval-host demo` does).
+    #[arg(long)]
+    demo: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DevCommand {
+    /// Mints a guardian session JWT with the development issuer's key (in the data directory),
+    /// which `serve` trusts when `guardian_sessions.trust_dev_issuer` is set (the demo sets it).
+    GuardianToken {
+        /// The guardian's id: the decider recorded.
+        #[arg(long)]
+        subject: String,
+        /// How long the session lasts.
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+        #[arg(long, default_value = "approval-host-data")]
+        data_dir: PathBuf,
+    },
+}
 
 #[derive(Debug, clap::Subcommand)]
 enum AuditCommand {
@@ -82,8 +109,14 @@ enum AuditCommand {
     /// the first entry or checkpoint that does not verify. Exits with 1 if anything fails.
     Verify {
         /// The export file (from `audit export`).
+        #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+        export: Option<PathBuf>,
+        /// Or a running host's URL: its export is fetched with `--token`.
         #[arg(long)]
-        export: PathBuf,
+        url: Option<String>,
+        /// The platform admin token, with `--url`.
+        #[arg(long, requires = "url")]
+        token: Option<String>,
         /// The log's verification key (`<origin>+<keyid>+<key>`, from `audit key`).
         #[arg(long)]
         key: String,
@@ -174,7 +207,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_report(&rt.classify(&plugin, &input, &PluginLimits::default()).await);
             Ok(())
         }
-        Command::Demo { data_dir } => demo(&data_dir).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Demo(args) => serve(ServeArgs { demo: true, ..args }).await,
+        Command::Dev(DevCommand::GuardianToken {
+            subject,
+            ttl_seconds,
+            data_dir,
+        }) => {
+            let issuer = server::dev_session_issuer(&data_dir)?;
+            println!(
+                "{}",
+                issuer.mint(&subject, now_ms(), Duration::from_secs(ttl_seconds))?
+            );
+            Ok(())
+        }
         Command::Audit(command) => audit(command).await,
     }
 }
@@ -204,18 +250,25 @@ async fn audit(command: AuditCommand) -> anyhow::Result<()> {
         }
         AuditCommand::Verify {
             export,
+            url,
+            token,
             key,
             trusted,
         } => {
-            let file = std::fs::File::open(&export)
-                .with_context(|| format!("opening {}", export.display()))?;
+            let bytes = match (export, url) {
+                (Some(path), _) => {
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+                }
+                (None, Some(url)) => fetch_export(&url, token.as_deref()).await?,
+                (None, None) => anyhow::bail!("give --export FILE or --url URL"),
+            };
             let trusted = trusted
                 .iter()
                 .map(|p| {
                     std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let report = verify_export(std::io::BufReader::new(file), &key, &trusted)?;
+            let report = verify_export(&bytes[..], &key, &trusted)?;
             print!("{report}");
             if !report.ok() {
                 std::process::exit(1);
@@ -382,209 +435,149 @@ fn print_report(report: &CallReport) {
     }
 }
 
-async fn demo(data_dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        data_dir.join("approval-host.db").display()
-    );
-    let db = Db::connect(&url).await?;
-    let audit = AuditLog::open(db.clone(), AuditConfig::default(), Arc::new(SystemClock)).await?;
-    let registry = Arc::new(
-        PluginRegistry::open(
-            runtime(Some(data_dir.join("plugin-cache")))?,
-            db.clone(),
-            Arc::clone(&audit),
-        )
-        .await?,
-    );
-    let vendor = "demo-toys";
-    let uploaded = registry
-        .upload(vendor, EXAMPLE_PLUGIN, None, now_ms())
-        .await?;
-    registry
-        .set_state(
-            vendor,
-            (&uploaded.name, uploaded.version),
-            PluginState::Active,
-            now_ms(),
-        )
-        .await?;
-    println!(
-        "Demo vendor `{vendor}` has plugin `{}` v{} active (database {}).\n",
-        uploaded.name,
-        uploaded.version,
-        data_dir.join("approval-host.db").display()
-    );
-    let live = registry.live(vendor);
-    let velocity = live
-        .active
-        .first()
-        .context("the example plugin is not active")?;
-    let mut busy = payment("demo-3", Money::new(2_000, "CNY"), None);
-    busy.history.last_hour.payments = 5;
-    let mut spender = payment("demo-4", Money::new(60_000, "CNY"), None);
-    spender.policy.settings = vec![("max-hourly-spend.CNY".into(), "100000".into())];
-    spender.history.last_hour.approved_spend = vec![Money::new(70_000, "CNY")];
-    let samples = [
-        (
-            "A ¥20 toy",
-            payment("demo-1", Money::new(2_000, "CNY"), Some("toys".into())),
-        ),
-        (
-            "A ¥20 bet",
-            payment("demo-2", Money::new(2_000, "CNY"), Some("gambling".into())),
-        ),
-        ("A 6th payment within an hour", busy),
-        ("¥600 after ¥700 spent this hour (limit ¥1000)", spender),
-    ];
-    for (title, input) in &samples {
-        println!("{title}:");
-        print_report(
-            &registry
-                .runtime()
-                .classify(velocity, input, &PluginLimits::default())
-                .await,
+/// Fetches a running host's audit export.
+async fn fetch_export(url: &str, token: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut request =
+        reqwest::Client::new().get(format!("{}/v1/audit/export", url.trim_end_matches('/')));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("fetching the export from {url}"))?;
+    if !response.status().is_success() {
+        anyhow::bail!(
+            "{url} answered {} (is --token the admin token?)",
+            response.status()
         );
     }
-    let asked = approvals_demo(&db, Arc::clone(&audit), registry, vendor).await?;
-    audit_demo(&audit, &asked, data_dir).await?;
-    println!(
-        "\nWhat to try next (from this repository, `approval-host` is `cargo run -q -p approval-host --`):\n  \
-         approval-host plugin check <your-plugin.wasm>\n  \
-         approval-host plugin try <your-plugin.wasm> --amount 60000 --category gambling\n  \
-         approval-host audit receipt {asked}\n  \
-         approval-host audit verify --export {export} --key {key}\n  \
-         ./scripts/test    # the whole suite (see README.md)\n\
-         The HTTP API and push to guardians are being built next (see README.md, Status).",
-        export = data_dir.join("audit-export.jsonl").display(),
-        key = audit.vkey(),
-    );
-    Ok(())
+    Ok(response.bytes().await?.to_vec())
 }
 
-/// Shows the audit log: the ¥600 request's receipt verified with the public key alone, and an
-/// export of the whole log verified offline.
-async fn audit_demo(audit: &AuditLog, approval_id: &str, data_dir: &Path) -> anyhow::Result<()> {
-    println!(
-        "\nThe audit log `{}`, verification key {}:",
-        audit.origin(),
-        audit.vkey()
-    );
-    let receipt = audit.receipt(approval_id).await?;
-    let entries = receipt.verify(&audit.verifier())?;
-    let checkpoint = CheckpointVerifier::new(audit.vkey())?.open(&receipt.checkpoint)?;
-    println!(
-        "  the ¥600 request's receipt: {} entries, each proven in the checkpoint of {} entries:",
-        entries.len(),
-        checkpoint.size
-    );
-    for (e, entry) in receipt.entries.iter().zip(&entries) {
-        println!("    #{} {}", e.index, describe_entry(entry));
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = ServeConfig::load(args.config.as_deref(), |name| std::env::var(name).ok())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
     }
-    let path = data_dir.join("audit-export.jsonl");
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
-    );
-    audit.export(&mut file).await?;
-    drop(file);
-    let report = verify_export(
-        std::io::BufReader::new(std::fs::File::open(&path)?),
-        audit.vkey(),
-        std::slice::from_ref(&receipt.checkpoint),
-    )?;
-    println!(
-        "  the whole log, exported to {} and verified offline:",
-        path.display()
-    );
-    for line in report.to_string().lines() {
-        println!("    {line}");
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
     }
-    audit.close().await?;
-    Ok(())
-}
-
-/// Walks one device through the approval engine: an allowed request with its token, a ¥600
-/// payment that waits for a guardian, and the guardian's counter-offer of ¥300.
-/// Returns the id of the ¥600 request.
-async fn approvals_demo(
-    db: &Db,
-    audit: Arc<AuditLog>,
-    registry: Arc<PluginRegistry>,
-    vendor: &str,
-) -> anyhow::Result<String> {
-    let tokens = TokenIssuer::open(db, TokenConfig::default(), now_ms()).await?;
-    let service = ApprovalService::new(
-        db.clone(),
-        audit,
-        registry,
-        Arc::new(tokens),
-        Arc::new(SystemClock),
-        ApprovalConfig::default(),
-    );
-    service.create_vendor(vendor, "Demo Toys").await?;
-    // The platform's longest plugin deadline, so a cold first call on a busy laptop still answers.
-    let template = TemplateDoc::parse(r#"{"plugin_limits":{"deadline_ms":250}}"#)?;
-    service.set_template(vendor, &template, "demo").await?;
-    let (actor, guardian) = ("teddy-bear", "parent-1");
-    service
-        .register_actor(vendor, actor, &["toy".into()], &[guardian.into()])
-        .await?;
-    println!("\nThe approval engine, for device `{actor}` guarded by `{guardian}`:");
-    let ask = |amount: u64, recipient: &str| NewRequest {
-        vendor: vendor.into(),
-        actor: actor.into(),
-        action: "payment".into(),
-        params: serde_json::json!({"amount": amount, "currency": "CNY", "recipient": recipient}),
-        idempotency_key: None,
-        provenance: Provenance {
-            surface: "voice".into(),
-            tool: Some("demo".into()),
-        },
+    let demo_admin = if args.demo {
+        config.guardian_sessions.trust_dev_issuer = true;
+        let token = config.admin_token.clone().unwrap_or_else(random_token);
+        config.admin_token = Some(token.clone());
+        Some(token)
+    } else {
+        None
     };
-    let small = service.request(ask(2_000, "toy-shop")).await?.record;
-    print_record("A ¥20 payment", &small);
-    let big = service.request(ask(60_000, "toy-shop")).await?.record;
-    print_record("A ¥600 payment", &big);
-    let counter = serde_json::json!({"amount": 30_000, "currency": "CNY", "recipient": "toy-shop"});
-    let revised = service
-        .decide(
-            &big.id,
-            guardian,
-            GuardianDecision::Revise {
-                params: counter.clone(),
-            },
-        )
-        .await?;
-    print_record("The guardian counter-offers ¥300", &revised);
-    if let Some(token) = &revised.token {
-        let now = now_ms();
-        let verifier = service.tokens().verifier(now);
-        let for_300 = verifier.verify(&token.token, &counter, now).is_ok();
-        let for_600 = verifier.verify(&token.token, &big.params, now).is_ok();
-        println!(
-            "  the token verifies offline against the JWKS for ¥300: {for_300}; for the ¥600 asked: {for_600}"
-        );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let base_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let host = Host::start(
+        &config,
+        HostOptions {
+            clock: Arc::new(SystemClock),
+            runtime: None,
+        },
+    )
+    .await?;
+    if let Some(admin) = demo_admin {
+        let info = server::seed_demo(&host, &base_url, &admin).await?;
+        let path = config.data_dir.join("demo.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&info)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        print_demo(&info, &path);
+    } else {
+        println!("approval-host listening on {base_url}");
     }
-    Ok(big.id)
+    host.serve(listener, shutdown_signal()).await
 }
 
-fn print_record(title: &str, record: &ApprovalRecord) {
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn random_token() -> String {
+    use rand::TryRng as _;
+    let mut bytes = [0u8; 24];
+    let _ = rand::rngs::SysRng.try_fill_bytes(&mut bytes);
+    format!("adm_{}", hex::encode(bytes))
+}
+
+fn print_demo(info: &DemoInfo, path: &Path) {
+    let DemoInfo {
+        base_url,
+        admin_token,
+        vendor,
+        vendor_key,
+        actor,
+        agent_token,
+        guardian,
+        guardian_token,
+        pending_approval,
+        audit_log_key,
+    } = info;
     println!(
-        "{title}: {} (route {})",
-        record.status.as_str(),
-        record.route.as_str()
+        "approval-host is serving the demo on {base_url} (SQLite; what it created is in {path})
+
+Vendor `{vendor}` runs the example plugin `velocity`; its device `{actor}` is guarded by `{guardian}`.
+A ¥600 payment from {actor} is waiting for {guardian}. Paste these into another terminal:
+
+export HOST={base_url}
+export AGENT={agent_token}
+export GUARDIAN={guardian_token}
+export VENDOR={vendor_key}
+export ADMIN={admin_token}
+
+# The guardian's inbox, and its live stream (leave this one running):
+curl -s $HOST/v1/inbox -H \"Authorization: Bearer $GUARDIAN\"
+curl -sN $HOST/v1/inbox/stream -H \"Authorization: Bearer $GUARDIAN\"
+
+# The agent asks for a ¥20 payment (allowed at once, with a capability token)...
+curl -s $HOST/v1/approvals -H \"Authorization: Bearer $AGENT\" -H 'content-type: application/json' \\
+  -d '{{\"action\":\"payment\",\"params\":{{\"amount\":2000,\"currency\":\"CNY\",\"recipient\":\"toy-shop\"}}}}'
+
+# ...and waits for the ¥600 one while the guardian decides:
+curl -s \"$HOST/v1/approvals/{pending_approval}?wait=60\" -H \"Authorization: Bearer $AGENT\" &
+curl -s $HOST/v1/approvals/{pending_approval}/decision -H \"Authorization: Bearer $GUARDIAN\" \\
+  -H 'content-type: application/json' -d '{{\"decision\":\"revise\",\"params\":{{\"amount\":30000,\"currency\":\"CNY\",\"recipient\":\"toy-shop\"}}}}'
+
+# The receipt: the decision's audit entries with inclusion proofs against a signed checkpoint.
+curl -s $HOST/v1/approvals/{pending_approval}/receipt -H \"Authorization: Bearer $AGENT\"
+
+# The vendor's plugins with their statistics, and the whole audit log verified offline:
+curl -s $HOST/v1/vendor/plugins -H \"Authorization: Bearer $VENDOR\"
+cargo run -q -p approval-host -- audit verify --url $HOST --token $ADMIN --key '{audit_log_key}'
+
+More: README.md (every user's path), $HOST/openapi.json. Ctrl-C stops the host (it signs a last
+audit checkpoint).",
+        path = path.display()
     );
-    if let Some(rule) = &record.rule_fired {
-        println!("  rule {rule}: {}", record.reason);
-    }
-    if let (Some(expires), Status::Pending) = (record.expires_at_ms, record.status) {
-        let secs = expires.saturating_sub(now_ms()) / 1000;
-        println!("  approval id {}, expires in {secs} s", record.id);
-    }
-    if let Some(token) = &record.token {
-        let head: String = token.token.chars().take(40).collect();
-        println!("  capability token {head}... (id {})", token.id);
-    }
 }

@@ -3,12 +3,17 @@
 //!
 //! See ARCHITECTURE.md for the map of this crate.
 
+pub mod access;
 pub mod approvals;
 pub mod audit;
 pub mod canonical;
 pub mod clock;
+pub mod config;
+pub mod http;
 pub mod plugin;
 pub mod policy;
+pub mod push;
 pub mod risk;
+pub mod server;
 pub mod store;
 pub mod token;

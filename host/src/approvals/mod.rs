@@ -23,7 +23,7 @@ use crate::policy::{self, ActorOverrides, Assessment, PluginVerdict, PolicyError
 use crate::risk::{Action, ClassifyInput, Decision, RiskRequest};
 use crate::store::approvals::{self as rows, Inserted, Settlement};
 use crate::store::directory::{self, ActorRow, DocumentKind, DocumentVersion};
-use crate::store::{Db, StoreError};
+use crate::store::{Db, StoreError, plugin_stats};
 use crate::token::{CapabilityClaims, DecisionMethod, Grant, TokenError, TokenIssuer};
 use record::{
     ApprovalRecord, FiredRule, IssuedToken, Method, PluginRun, Provenance, Route, Status,
@@ -124,15 +124,65 @@ pub enum GuardianDecision {
     },
 }
 
-/// Something guardians and agents may want to hear about as it happens.
+/// Something guardians and agents may want to hear about as it happens. Cheap to clone: every
+/// push stream gets a copy.
 #[derive(Debug, Clone)]
 pub enum ApprovalEvent {
     /// A request now waits for the actor's guardians.
-    Pending(Box<ApprovalRecord>),
+    Pending(Arc<Notice<ApprovalRecord>>),
     /// A pending request was settled (by a guardian or by its timeout).
-    Settled(Box<ApprovalRecord>),
+    Settled(Arc<Notice<ApprovalRecord>>),
     /// An actor's request volume jumped far above its baseline.
-    Flagged(rows::Flag),
+    Flagged(Arc<Notice<rows::Flag>>),
+}
+
+impl ApprovalEvent {
+    /// The guardians of the actor the event is about: who may hear of it.
+    pub fn guardians(&self) -> &[String] {
+        match self {
+            ApprovalEvent::Pending(n) | ApprovalEvent::Settled(n) => &n.guardians,
+            ApprovalEvent::Flagged(n) => &n.guardians,
+        }
+    }
+
+    /// Where the event happened.
+    pub fn origin(&self) -> Origin {
+        match self {
+            ApprovalEvent::Pending(n) | ApprovalEvent::Settled(n) => n.origin,
+            ApprovalEvent::Flagged(n) => n.origin,
+        }
+    }
+
+    /// The (vendor, actor) the event is about.
+    pub fn actor(&self) -> (&str, &str) {
+        match self {
+            ApprovalEvent::Pending(n) | ApprovalEvent::Settled(n) => (&n.vendor, &n.actor),
+            ApprovalEvent::Flagged(n) => (&n.vendor, &n.actor),
+        }
+    }
+}
+
+/// Where an event happened: on this process, or on another replica (relayed by the database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Here,
+    OtherReplica,
+}
+
+/// An event's subject with who may hear of it. Dereferences to the subject.
+#[derive(Debug, Clone)]
+pub struct Notice<T> {
+    pub subject: T,
+    /// The actor's guardians when the event happened.
+    pub guardians: Vec<String>,
+    pub origin: Origin,
+}
+
+impl<T> std::ops::Deref for Notice<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.subject
+    }
 }
 
 /// Tunables of the service that are the platform's, not a vendor's.
@@ -175,6 +225,45 @@ impl std::fmt::Debug for ApprovalService {
 fn new_id(prefix: &str) -> String {
     use rand::RngExt as _;
     format!("{prefix}_{:032x}", rand::rng().random::<u128>())
+}
+
+/// One past request as a plugin version judges it again.
+#[derive(Debug, Clone)]
+pub struct ReplayItem {
+    pub approval_id: String,
+    pub created_at_ms: u64,
+    pub action: String,
+    /// What the same plugin (its active version then) answered, if it ran: decision and rule.
+    pub recorded: Option<(Decision, String)>,
+    /// What this version answers now: decision, rule and reason, or the failure's code.
+    pub replayed: Result<(Decision, String, String), String>,
+    /// What the request's outcome was: allow, escalate (a human was asked) or deny.
+    pub outcome_before: Decision,
+    /// What it would be with this version's answer in place of the plugin's recorded one.
+    pub outcome_after: Decision,
+}
+
+/// How a plugin version would have judged a vendor's past requests.
+#[derive(Debug, Clone, Default)]
+pub struct Replay {
+    pub compared: u32,
+    /// Requests where this version's decision differs from the plugin's recorded one.
+    pub verdicts_changed: u32,
+    /// Requests whose outcome would change.
+    pub outcomes_changed: u32,
+    /// Requests on which this version failed.
+    pub failures: u32,
+    /// Every request replayed, newest first.
+    pub items: Vec<ReplayItem>,
+}
+
+/// The outcome a record had, as a decision.
+fn outcome_of(record: &ApprovalRecord) -> Decision {
+    match (record.status, record.decision_method) {
+        (Status::Allowed, _) => Decision::Allow,
+        (Status::Denied, Some(Method::Policy)) => Decision::Deny,
+        _ => Decision::Escalate,
+    }
 }
 
 /// The most expired requests one sweep transaction settles.
@@ -253,6 +342,38 @@ impl ApprovalService {
         let _ = self.events.send(event);
     }
 
+    /// `record` with its actor's guardians, as an event carries it.
+    async fn notice(
+        &self,
+        record: ApprovalRecord,
+        origin: Origin,
+    ) -> Result<Arc<Notice<ApprovalRecord>>, ApprovalError> {
+        let guardians = directory::guardians(&self.db, &record.vendor, &record.actor).await?;
+        Ok(Arc::new(Notice {
+            subject: record,
+            guardians,
+            origin,
+        }))
+    }
+
+    /// Publishes an event another replica announced (see `crate::push`): the record as stored
+    /// now, to this process's listeners only.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn relay(&self, approval_id: &str) -> Result<(), ApprovalError> {
+        let Some(record) = rows::get(&self.db, approval_id).await? else {
+            return Ok(());
+        };
+        let notice = self.notice(record, Origin::OtherReplica).await?;
+        self.publish(if notice.status == Status::Pending {
+            ApprovalEvent::Pending(notice)
+        } else {
+            ApprovalEvent::Settled(notice)
+        });
+        Ok(())
+    }
+
     /// The capability token issuer (for its JWKS).
     pub fn tokens(&self) -> &Arc<TokenIssuer> {
         &self.tokens
@@ -271,6 +392,14 @@ impl ApprovalService {
     /// A database failure.
     pub async fn create_vendor(&self, id: &str, name: &str) -> Result<bool, ApprovalError> {
         Ok(directory::create_vendor(&self.db, id, name, self.clock.now_ms()).await?)
+    }
+
+    /// Every vendor: (id, name, created_at_ms).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn vendors(&self) -> Result<Vec<(String, String, u64)>, ApprovalError> {
+        Ok(directory::vendors(&self.db).await?)
     }
 
     /// Registers a device of `vendor` with its context tags and guardians (or updates them).
@@ -294,6 +423,19 @@ impl ApprovalService {
             guardians: guardians.to_vec(),
         };
         Ok(directory::upsert_actor(&self.db, &row, self.clock.now_ms()).await?)
+    }
+
+    /// Whether `guardian` guards the actor.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn guards(
+        &self,
+        vendor: &str,
+        actor: &str,
+        guardian: &str,
+    ) -> Result<bool, ApprovalError> {
+        Ok(directory::guards(&self.db, vendor, actor, guardian).await?)
     }
 
     /// The actor, if `vendor` has it.
@@ -554,7 +696,8 @@ impl ApprovalService {
             ))
         })?;
         if record.status == Status::Pending {
-            self.publish(ApprovalEvent::Pending(Box::new(record.clone())));
+            let notice = self.notice(record.clone(), Origin::Here).await?;
+            self.publish(ApprovalEvent::Pending(notice));
         }
         self.check_volume(&record, &input.history, now).await?;
         Ok(Requested {
@@ -589,6 +732,7 @@ impl ApprovalService {
                             refused
                         }
                     };
+                    plugin_stats::insert_calls(conn, &record).await?;
                     let recorded = events::request(&record, limit);
                     Ok(Audited {
                         value: NewRecord::Stored(Box::new(record)),
@@ -810,28 +954,144 @@ impl ApprovalService {
         )
         .await?
         {
-            self.publish(ApprovalEvent::Flagged(rows::Flag {
+            let flag = rows::Flag {
                 id,
                 vendor: record.vendor.clone(),
                 actor: record.actor.clone(),
                 raised_at_ms: now,
                 last_hour,
                 baseline_per_hour: baseline,
-            }));
+            };
+            let guardians = directory::guardians(&self.db, &flag.vendor, &flag.actor).await?;
+            self.publish(ApprovalEvent::Flagged(Arc::new(Notice {
+                subject: flag,
+                guardians,
+                origin: Origin::Here,
+            })));
         }
         Ok(())
     }
 
-    /// The vendor's volume flags raised since `since_ms`, newest first.
+    /// Runs `plugin` (any version, whatever its state) over the vendor's newest `limit` requests
+    /// and reports how its verdicts, and the outcomes, would differ. Each request is rebuilt as
+    /// it was (action, params, time, the actor's history up to then), under the policy and
+    /// device tags in force now. Nothing is stored.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn replay_plugin(
+        &self,
+        vendor: &str,
+        plugin: &crate::plugin::LoadedPlugin,
+        limit: u32,
+    ) -> Result<Replay, ApprovalError> {
+        let (_, template) = self.template(vendor).await?;
+        let runtime = self.plugins.runtime();
+        let fail_mode = |_| match template.plugin_fail_mode {
+            policy::FailMode::Escalate => Decision::Escalate,
+            policy::FailMode::Deny => Decision::Deny,
+        };
+        let mut actors = std::collections::HashMap::new();
+        let mut replay = Replay::default();
+        for record in rows::recent(&self.db, vendor, limit).await? {
+            let Ok(action) = action::parse(&record.action, &record.params) else {
+                continue;
+            };
+            if !actors.contains_key(&record.actor) {
+                let tags = directory::context_tags(&self.db, vendor, &record.actor)
+                    .await?
+                    .unwrap_or_default();
+                let (_, overrides) = self.overrides(vendor, &record.actor).await?;
+                actors.insert(record.actor.clone(), (tags, template.effective(&overrides)));
+            }
+            let (tags, effective) = &actors[&record.actor];
+            let input = ClassifyInput {
+                request: RiskRequest {
+                    id: record.id.clone(),
+                    vendor: vendor.to_owned(),
+                    actor: record.actor.clone(),
+                    device_context: tags.clone(),
+                    action,
+                    requested_at_ms: record.created_at_ms,
+                },
+                policy: effective.clone(),
+                history: rows::history(
+                    &self.db,
+                    vendor,
+                    &record.actor,
+                    record.created_at_ms.saturating_sub(1),
+                )
+                .await?,
+            };
+            let report = runtime
+                .classify(plugin, &input, &template.plugin_limits)
+                .await;
+            let name = &plugin.info.name;
+            let recorded = record
+                .plugins
+                .iter()
+                .find(|p| p.name == *name && !p.shadow)
+                .and_then(|p| p.verdict.as_ref().map(|v| (v.0, v.1.clone())));
+            let replayed = report
+                .outcome
+                .map(|v| (v.decision, v.rule_id, v.reason))
+                .map_err(|e| e.code().to_owned());
+            let others = record
+                .rules
+                .iter()
+                .filter(|r| r.source == "builtin")
+                .map(|r| r.decision)
+                .chain(
+                    record
+                        .plugins
+                        .iter()
+                        .filter(|p| p.name != *name && !p.shadow)
+                        .map(|p| p.verdict.as_ref().map_or_else(|| fail_mode(()), |v| v.0)),
+                );
+            let mine = replayed.as_ref().map_or_else(|_| fail_mode(()), |v| v.0);
+            let outcome_after = others.fold(mine, Decision::max);
+            let outcome_before = outcome_of(&record);
+            replay.compared += 1;
+            replay.failures += u32::from(replayed.is_err());
+            replay.verdicts_changed +=
+                u32::from(recorded.as_ref().map(|r| r.0) != replayed.as_ref().ok().map(|v| v.0));
+            replay.outcomes_changed += u32::from(outcome_before != outcome_after);
+            replay.items.push(ReplayItem {
+                approval_id: record.id.clone(),
+                created_at_ms: record.created_at_ms,
+                action: record.action.clone(),
+                recorded,
+                replayed,
+                outcome_before,
+                outcome_after,
+            });
+        }
+        Ok(replay)
+    }
+
+    /// Volume flags raised since `since_ms` (a vendor's, a guardian's actors', or all),
+    /// newest first.
     ///
     /// # Errors
     /// A database failure.
     pub async fn flags(
         &self,
-        vendor: &str,
+        scope: rows::FlagScope<'_>,
         since_ms: u64,
     ) -> Result<Vec<rows::Flag>, ApprovalError> {
-        Ok(rows::flags(&self.db, vendor, since_ms).await?)
+        Ok(rows::flags(&self.db, scope, since_ms).await?)
+    }
+
+    /// The vendors in which `guardian` guards an actor called `actor`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn vendors_guarding(
+        &self,
+        guardian: &str,
+        actor: &str,
+    ) -> Result<Vec<String>, ApprovalError> {
+        Ok(rows::vendors_guarding(&self.db, guardian, actor).await?)
     }
 
     async fn settle_if_expired(
@@ -922,7 +1182,8 @@ impl ApprovalService {
             .await?
             .value;
         for record in &settled {
-            self.publish(ApprovalEvent::Settled(Box::new(record.clone())));
+            let notice = self.notice(record.clone(), Origin::Here).await?;
+            self.publish(ApprovalEvent::Settled(notice));
         }
         Ok(settled)
     }
@@ -1039,7 +1300,8 @@ impl ApprovalService {
             .await?
             .value;
         if let Some(settled) = settled {
-            self.publish(ApprovalEvent::Settled(Box::new(settled.clone())));
+            let notice = self.notice(settled.clone(), Origin::Here).await?;
+            self.publish(ApprovalEvent::Settled(notice));
             return Ok(settled);
         }
         let fresh = rows::get(&self.db, id)

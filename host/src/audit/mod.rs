@@ -395,6 +395,18 @@ impl AuditLog {
         Ok(rows::entries(&self.db, from, to).await?)
     }
 
+    /// Entries matching a filter, in index order (at most `limit`).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn search(
+        &self,
+        filter: &rows::EntryFilter,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, AuditError> {
+        Ok(rows::search(&self.db, filter, limit).await?)
+    }
+
     /// The entries about one approval, in index order.
     ///
     /// # Errors

@@ -220,6 +220,53 @@ impl PluginRegistry {
         Ok(stored)
     }
 
+    /// What one version did on requests (see [`store::plugin_stats::version_stats`]).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn stats(
+        &self,
+        calls: store::plugin_stats::Calls<'_>,
+    ) -> Result<store::plugin_stats::VersionStats, RegistryError> {
+        Ok(store::plugin_stats::version_stats(&self.db, calls).await?)
+    }
+
+    /// Every plugin version called since `earlier_since`, across vendors, in two windows (see
+    /// [`store::plugin_stats::health`]).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn health(
+        &self,
+        earlier_since: u64,
+        recent_since: u64,
+    ) -> Result<Vec<store::plugin_stats::VersionHealth>, RegistryError> {
+        Ok(store::plugin_stats::health(&self.db, earlier_since, recent_since).await?)
+    }
+
+    /// One version, compiled and ready to call (whatever its state): for replays.
+    ///
+    /// # Errors
+    /// The version does not exist, or a database or compile failure.
+    pub async fn load_version(
+        &self,
+        vendor: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<LoadedPlugin, RegistryError> {
+        let stored = store::plugins::version(&self.db, vendor, name, version)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound {
+                name: name.to_owned(),
+                version,
+            })?;
+        Ok(LoadedPlugin {
+            identity: stored.identity(),
+            compiled: self.compiled_for(&stored.sha256).await?,
+            info: stored.info,
+        })
+    }
+
     /// Registers the vendor's Ed25519 public key; from then on its uploads must be signed.
     ///
     /// # Errors

@@ -404,6 +404,22 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<ApprovalRecord>, StoreError
         .transpose()
 }
 
+/// The vendor's newest `limit` records, newest first.
+///
+/// # Errors
+/// A database failure or a corrupt row.
+pub async fn recent(db: &Db, vendor: &str, limit: u32) -> Result<Vec<ApprovalRecord>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM approvals WHERE vendor = $1 ORDER BY created_at_ms DESC, id LIMIT {limit}"
+    ))
+    .bind(vendor)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(record_of)
+    .collect()
+}
+
 /// The record an earlier request with this idempotency key created.
 ///
 /// # Errors
@@ -564,13 +580,14 @@ pub async fn history(
                 CAST(SUM(CASE WHEN created_at_ms > $3 AND status IN ('allowed', 'approved') THEN amount_minor ELSE 0 END) AS BIGINT) AS hour_spend,
                 CAST(SUM(CASE WHEN status IN ('allowed', 'approved') THEN amount_minor ELSE 0 END) AS BIGINT) AS day_spend,
                 SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending
-         FROM approvals WHERE vendor = $1 AND actor = $2 AND created_at_ms > $4
+         FROM approvals WHERE vendor = $1 AND actor = $2 AND created_at_ms > $4 AND created_at_ms <= $5
          GROUP BY currency",
     )
     .bind(vendor)
     .bind(actor)
     .bind(hour)
     .bind(day)
+    .bind(i64_of(now_ms))
     .fetch_all(db.pool())
     .await?;
     let mut history = History::default();
@@ -649,31 +666,75 @@ pub struct Flag {
     pub baseline_per_hour: u32,
 }
 
-/// The vendor's flags raised since `since_ms`, newest first.
+/// Whose flags to read.
+#[derive(Debug, Clone, Copy)]
+pub enum FlagScope<'a> {
+    /// Every vendor's (the platform).
+    All,
+    /// One vendor's actors.
+    Vendor(&'a str),
+    /// The actors one guardian guards.
+    Guardian(&'a str),
+}
+
+/// Flags raised since `since_ms`, newest first.
 ///
 /// # Errors
 /// A database failure.
-pub async fn flags(db: &Db, vendor: &str, since_ms: u64) -> Result<Vec<Flag>, StoreError> {
+pub async fn flags(db: &Db, scope: FlagScope<'_>, since_ms: u64) -> Result<Vec<Flag>, StoreError> {
+    let (filter, key) = match scope {
+        FlagScope::All => ("", None),
+        FlagScope::Vendor(vendor) => ("AND f.vendor = $2", Some(vendor)),
+        FlagScope::Guardian(guardian) => (
+            "AND EXISTS (SELECT 1 FROM actor_guardians g WHERE g.vendor = f.vendor AND g.actor = f.actor AND g.guardian = $2)",
+            Some(guardian),
+        ),
+    };
+    let sql = format!(
+        "SELECT f.id, f.vendor, f.actor, f.raised_at_ms, f.last_hour, f.baseline_per_hour FROM actor_flags f
+         WHERE f.raised_at_ms >= $1 {filter} ORDER BY f.raised_at_ms DESC LIMIT 1000"
+    );
+    let query = sqlx::query(&sql).bind(i64_of(since_ms));
+    let query = match key {
+        Some(key) => query.bind(key),
+        None => query,
+    };
+    query
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Flag {
+                id: r.try_get("id")?,
+                vendor: r.try_get("vendor")?,
+                actor: r.try_get("actor")?,
+                raised_at_ms: u64_of(r.try_get("raised_at_ms")?),
+                last_hour: u32::try_from(r.try_get::<i64, _>("last_hour")?).unwrap_or(u32::MAX),
+                baseline_per_hour: u32::try_from(r.try_get::<i64, _>("baseline_per_hour")?)
+                    .unwrap_or(u32::MAX),
+            })
+        })
+        .collect()
+}
+
+/// The vendors in which `guardian` guards an actor called `actor`.
+///
+/// # Errors
+/// A database failure.
+pub async fn vendors_guarding(
+    db: &Db,
+    guardian: &str,
+    actor: &str,
+) -> Result<Vec<String>, StoreError> {
     sqlx::query(
-        "SELECT id, vendor, actor, raised_at_ms, last_hour, baseline_per_hour FROM actor_flags
-         WHERE vendor = $1 AND raised_at_ms >= $2 ORDER BY raised_at_ms DESC",
+        "SELECT vendor FROM actor_guardians WHERE guardian = $1 AND actor = $2 ORDER BY vendor",
     )
-    .bind(vendor)
-    .bind(i64_of(since_ms))
+    .bind(guardian)
+    .bind(actor)
     .fetch_all(db.pool())
     .await?
     .iter()
-    .map(|r| {
-        Ok(Flag {
-            id: r.try_get("id")?,
-            vendor: r.try_get("vendor")?,
-            actor: r.try_get("actor")?,
-            raised_at_ms: u64_of(r.try_get("raised_at_ms")?),
-            last_hour: u32::try_from(r.try_get::<i64, _>("last_hour")?).unwrap_or(u32::MAX),
-            baseline_per_hour: u32::try_from(r.try_get::<i64, _>("baseline_per_hour")?)
-                .unwrap_or(u32::MAX),
-        })
-    })
+    .map(|r| Ok(r.try_get("vendor")?))
     .collect()
 }
 

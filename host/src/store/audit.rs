@@ -393,3 +393,87 @@ pub async fn insert_log_key(db: &Db, skey: &str, now_ms: u64) -> Result<(), Stor
     .await?;
     Ok(())
 }
+
+/// Which entries a search returns.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    pub vendor: Option<String>,
+    pub actor: Option<String>,
+    pub approval_id: Option<String>,
+    pub plugin: Option<String>,
+    pub rule: Option<String>,
+    pub decision: Option<String>,
+    pub kind: Option<String>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    /// Only entries with a larger index (for paging).
+    pub after_index: Option<u64>,
+}
+
+/// Entries matching `filter`, in index order, at most `limit`.
+///
+/// # Errors
+/// A database failure.
+pub async fn search(
+    db: &Db,
+    filter: &EntryFilter,
+    limit: u32,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    let mut clauses = Vec::new();
+    let mut texts = Vec::new();
+    let mut numbers = Vec::new();
+    let columns = [
+        ("vendor", &filter.vendor),
+        ("actor", &filter.actor),
+        ("approval_id", &filter.approval_id),
+        ("plugin", &filter.plugin),
+        ("rule", &filter.rule),
+        ("decision", &filter.decision),
+        ("kind", &filter.kind),
+    ];
+    for (column, value) in columns {
+        if let Some(value) = value {
+            texts.push(value.clone());
+            clauses.push(format!("{column} = $T{}", texts.len()));
+        }
+    }
+    for (clause, value) in [
+        ("at_ms >= ", filter.since_ms),
+        ("at_ms < ", filter.until_ms),
+        ("idx > ", filter.after_index),
+    ] {
+        if let Some(value) = value {
+            numbers.push(i64_of(value));
+            clauses.push(format!("{clause}$N{}", numbers.len()));
+        }
+    }
+    let mut sql = format!(
+        "SELECT idx, entry FROM audit_entries {} ORDER BY idx LIMIT {limit}",
+        if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        }
+    );
+    // Number the placeholders: texts first, then numbers.
+    let offset = texts.len();
+    for i in (1..=numbers.len()).rev() {
+        sql = sql.replace(&format!("$N{i}"), &format!("${}", offset + i));
+    }
+    for i in (1..=texts.len()).rev() {
+        sql = sql.replace(&format!("$T{i}"), &format!("${i}"));
+    }
+    let mut query = sqlx::query(&sql);
+    for text in texts {
+        query = query.bind(text);
+    }
+    for number in numbers {
+        query = query.bind(number);
+    }
+    query
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(entry_of)
+        .collect()
+}

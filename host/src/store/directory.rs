@@ -117,22 +117,30 @@ pub async fn actor(db: &Db, vendor: &str, id: &str) -> Result<Option<ActorRow>, 
     let Some(context_tags) = context_tags(db, vendor, id).await? else {
         return Ok(None);
     };
-    let guardians = sqlx::query(
-        "SELECT guardian FROM actor_guardians WHERE vendor = $1 AND actor = $2 ORDER BY guardian",
-    )
-    .bind(vendor)
-    .bind(id)
-    .fetch_all(db.pool())
-    .await?
-    .iter()
-    .map(|r| r.try_get("guardian"))
-    .collect::<Result<_, _>>()?;
+    let guardians = guardians(db, vendor, id).await?;
     Ok(Some(ActorRow {
         vendor: vendor.to_owned(),
         id: id.to_owned(),
         context_tags,
         guardians,
     }))
+}
+
+/// The guardians of an actor, in id order.
+///
+/// # Errors
+/// A database failure.
+pub async fn guardians(db: &Db, vendor: &str, actor: &str) -> Result<Vec<String>, StoreError> {
+    sqlx::query(
+        "SELECT guardian FROM actor_guardians WHERE vendor = $1 AND actor = $2 ORDER BY guardian",
+    )
+    .bind(vendor)
+    .bind(actor)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|r| Ok(r.try_get("guardian")?))
+    .collect()
 }
 
 /// Whether `guardian` guards the actor.
@@ -268,5 +276,24 @@ pub async fn documents(
         .await?
         .iter()
         .map(document_of)
+        .collect()
+}
+
+/// Every vendor: (id, name, created_at_ms), by id.
+///
+/// # Errors
+/// A database failure.
+pub async fn vendors(db: &Db) -> Result<Vec<(String, String, u64)>, StoreError> {
+    sqlx::query("SELECT id, name, created_at_ms FROM vendors ORDER BY id")
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("id")?,
+                r.try_get("name")?,
+                u64_of(r.try_get("created_at_ms")?),
+            ))
+        })
         .collect()
 }

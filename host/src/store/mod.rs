@@ -7,9 +7,13 @@ use sqlx::{AnyPool, Executor as _};
 
 pub mod approvals;
 pub mod audit;
+pub mod credentials;
 pub mod directory;
+pub mod events;
 pub mod keys;
+pub mod plugin_stats;
 pub mod plugins;
+pub mod webhooks;
 
 /// Which database the pool talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,229 @@
+//! The API's one error type: a status, a stable machine-readable `code`, a human message, and
+//! sometimes the record the error is about (the winning decision of a 409, the timed-out
+//! request of a 410). Internal causes are logged, never sent.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::views::ApprovalView;
+use crate::access::AccessError;
+use crate::approvals::ApprovalError;
+use crate::audit::AuditError;
+use crate::plugin::registry::RegistryError;
+use crate::store::StoreError;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// The approval the error is about, when there is one.
+    pub approval: Option<Box<ApprovalView>>,
+    /// For `rate_limited`: the `Retry-After` seconds.
+    pub retry_after: Option<u64>,
+}
+
+/// The JSON body of every error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable: `approval_timeout`, `already_decided`, `rate_limited`, `invalid_request`, …
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+}
+
+impl ApiError {
+    /// An error without a record.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            approval: None,
+            retry_after: None,
+        }
+    }
+
+    /// 404: not found, or not the caller's to see (the two are never told apart).
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
+    }
+
+    /// 400 with the field or problem named.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 500; the cause goes to the log only.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the host failed to answer; the request can be retried",
+        )
+    }
+
+    /// The error with the record it is about.
+    pub fn with_approval(mut self, view: ApprovalView) -> Self {
+        self.approval = Some(Box::new(view));
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message,
+            approval: self.approval.map(|a| *a),
+            retry_after_seconds: self.retry_after,
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Store(_) | AccessError::Randomness => ApiError::internal(&e),
+            AccessError::Missing => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                e.code(),
+                "send credentials in `Authorization: Bearer …`",
+            ),
+            AccessError::Expired => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                e.code(),
+                "the session has expired: sign in again (pending approvals stay queued)",
+            ),
+            AccessError::Unknown | AccessError::BadSession(_) => {
+                tracing::info!(reason = %e, "credentials refused");
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    e.code(),
+                    "the credentials are not valid",
+                )
+            }
+        }
+    }
+}
+
+/// Maps an engine error; `view` renders the record a 409 or 410 is about.
+pub fn approval_error(
+    e: ApprovalError,
+    view: impl Fn(&crate::approvals::record::ApprovalRecord) -> ApprovalView,
+) -> ApiError {
+    let code = e.code();
+    match e {
+        ApprovalError::UnknownVendor => ApiError::not_found("vendor"),
+        ApprovalError::UnknownActor => ApiError::not_found("actor"),
+        ApprovalError::NotFound => ApiError::not_found("approval"),
+        ApprovalError::InvalidRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, code, m),
+        ApprovalError::InvalidParams(m) => {
+            ApiError::new(StatusCode::BAD_REQUEST, code, m.to_string())
+        }
+        ApprovalError::IdempotencyConflict => ApiError::new(
+            StatusCode::CONFLICT,
+            code,
+            "this idempotency key was already used for a different request",
+        ),
+        ApprovalError::AlreadyDecided(record) => ApiError::new(
+            StatusCode::CONFLICT,
+            code,
+            format!("already decided: {}", record.status.as_str()),
+        )
+        .with_approval(view(&record)),
+        ApprovalError::Expired(record) => ApiError::new(
+            StatusCode::GONE,
+            code,
+            "the request timed out before a decision",
+        )
+        .with_approval(view(&record)),
+        ApprovalError::RevisionNotNarrower(m) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, m)
+        }
+        ApprovalError::Policy(p) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, p.to_string())
+        }
+        e @ (ApprovalError::Token(_) | ApprovalError::Store(_)) => ApiError::internal(&e),
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Upload(u) => {
+                let status = match u {
+                    crate::plugin::UploadError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                ApiError::new(status, u.code(), u.to_string())
+            }
+            RegistryError::NotFound { .. } => ApiError::not_found("plugin version"),
+            RegistryError::NothingToRollBack { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "nothing_to_roll_back", e.to_string())
+            }
+            RegistryError::Store(_) | RegistryError::Runtime(_) => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::NoEntries => ApiError::not_found("audit entries"),
+            AuditError::Tree(ref p) => match p {
+                crate::audit::merkle::ProofError::MissingHash(_) => ApiError::internal(&e),
+                _ => ApiError::bad_request(p.to_string()),
+            },
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        let status = match e {
+            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ if e.status() == StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "invalid_request"
+        };
+        ApiError::new(status, code, e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::bad_request(e.body_text())
+    }
+}

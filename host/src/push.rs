@@ -1,0 +1,100 @@
+//! Push across replicas. Each process's events reach its own push streams through the
+//! approval service's broadcast; with several replicas on one PostgreSQL, every event of this
+//! process is also announced with `NOTIFY` (the approval's id only), and announcements from
+//! other replicas are read back from the database and published here. A guardian connected to
+//! any replica hears of a request made on any other.
+//!
+//! Lifetimes: the relay tasks are process-wide and run until aborted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::approvals::{ApprovalEvent, ApprovalService, Origin};
+use crate::store::{Db, events};
+
+/// What a replica announces: which approval changed, and who says so.
+#[derive(Debug, Serialize, Deserialize)]
+struct Announcement {
+    /// The announcing process, so it ignores its own announcements.
+    replica: String,
+    approval_id: String,
+}
+
+/// Starts relaying: announces this process's approval events and publishes other replicas'.
+/// Returns the tasks (abort them to stop). On SQLite there is nothing to relay.
+pub fn spawn(
+    service: &Arc<ApprovalService>,
+    db: &Db,
+    url: &str,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    if db.backend() != crate::store::Backend::Postgres {
+        return Vec::new();
+    }
+    let replica = {
+        use rand::RngExt as _;
+        format!("{:016x}", rand::rng().random::<u64>())
+    };
+    let mut events = service.subscribe();
+    let (announce_db, me) = (db.clone(), replica.clone());
+    let announcer = tokio::spawn(async move {
+        loop {
+            let approval_id = match events.recv().await {
+                Ok(ApprovalEvent::Pending(n) | ApprovalEvent::Settled(n))
+                    if n.origin == Origin::Here =>
+                {
+                    n.id.clone()
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "announcing events to other replicas fell behind");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            let payload = serde_json::to_string(&Announcement {
+                replica: me.clone(),
+                approval_id,
+            })
+            .unwrap_or_default();
+            if let Err(e) = events::notify(&announce_db, &payload).await {
+                tracing::warn!(error = %e, "announcing an event to other replicas failed");
+            }
+        }
+    });
+    let (service, url) = (Arc::clone(service), url.to_owned());
+    let listener = tokio::spawn(async move {
+        loop {
+            let mut listener = match events::listen(&url).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listening for other replicas' events failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                let notification = match listener.recv().await {
+                    Ok(notification) => notification,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the event listener's connection dropped; reconnecting");
+                        break;
+                    }
+                };
+                let Ok(announcement) = serde_json::from_str::<Announcement>(notification.payload())
+                else {
+                    continue;
+                };
+                if announcement.replica == replica {
+                    continue;
+                }
+                if let Err(e) = service.relay(&announcement.approval_id).await {
+                    tracing::warn!(error = %e, "relaying another replica's event failed");
+                }
+            }
+        }
+    });
+    vec![announcer, listener]
+}
