@@ -324,7 +324,7 @@ impl PluginRuntime {
             now_ms: 0,
         };
         let limits = limits.clamped_to(&self.config.platform_max);
-        let invocation = self.invoke(compiled, &spec, &limits, Ask::Describe).await;
+        let invocation = self.invoke(compiled, spec, &limits, Ask::Describe).await;
         let raw = match invocation.answer {
             Ok(Answer::Info(info)) => info,
             Ok(Answer::Verdict(_)) => unreachable_answer(),
@@ -363,7 +363,7 @@ impl PluginRuntime {
                 now_ms: input.request.requested_at_ms,
             };
             let wit_input = wit::classify_input(input);
-            self.invoke(&plugin.compiled, &spec, &limits, Ask::Classify(&wit_input))
+            self.invoke(&plugin.compiled, spec, &limits, Ask::Classify(&wit_input))
                 .await
         };
         let Invocation {
@@ -408,7 +408,7 @@ impl PluginRuntime {
     async fn invoke(
         &self,
         compiled: &CompiledPlugin,
-        spec: &SandboxSpec,
+        spec: SandboxSpec,
         limits: &PluginLimits,
         ask: Ask<'_>,
     ) -> Invocation {
@@ -512,7 +512,7 @@ impl PluginRuntime {
             now_ms: 0,
         };
         let state = CallState::new(
-            &spec,
+            spec,
             &plugin.compiled.inner.sha256,
             limits.memory_bytes,
             limits.log_bytes,
