@@ -169,7 +169,7 @@ impl std::error::Error for DeadlineReached {}
 /// What to ask a guest.
 enum Ask<'a> {
     Describe,
-    Classify(&'a wit::approval::risk::types::ClassifyInput),
+    Classify(&'a wit::ClassifyInput<'a>),
 }
 
 /// A guest's raw answer.
@@ -362,7 +362,7 @@ impl PluginRuntime {
                 seed: input.request.id.clone(),
                 now_ms: input.request.requested_at_ms,
             };
-            let wit_input = wit::classify_input(input);
+            let wit_input = wit::ClassifyInput::new(input);
             self.invoke(&plugin.compiled, spec, &limits, Ask::Classify(&wit_input))
                 .await
         };
@@ -453,7 +453,7 @@ impl PluginRuntime {
             match ask {
                 Ask::Describe => guest.call_describe(&mut store).await.map(Answer::Info),
                 Ask::Classify(input) => guest
-                    .call_classify(&mut store, input)
+                    .call_classify(&mut store, input.get())
                     .await
                     .map(Answer::Verdict),
             }
@@ -545,11 +545,11 @@ impl ReusedInstance {
             message: e.to_string(),
         };
         self.store.set_fuel(u64::MAX).map_err(host)?;
-        let input = wit::classify_input(input);
+        let input = wit::ClassifyInput::new(input);
         let answer = self
             .instance
             .approval_risk_classifier()
-            .call_classify(&mut self.store, &input)
+            .call_classify(&mut self.store, input.get())
             .await
             .map_err(host)?;
         answer
