@@ -59,15 +59,15 @@
 //! and the plugin is built to start cheaply. On wasm32 it is `#![no_std]` with `alloc`: `String`,
 //! `Vec` and `format!` work as usual, but nothing links Rust's standard library or wasi-libc's
 //! runtime. Its component is then a single core module that imports nothing but the contract's
-//! `approval:risk/types`. A `std` plugin on `wasm32-wasip2` imports about 13 WASI interfaces
-//! (stdio, environment, exit, terminals, streams) through the WASI preview 1 adapter and holds
-//! three core modules, all instantiated and linked on every call. What `std` would provide, the
-//! crate provides itself (`src/guest.rs`): a bump allocator (a fresh instance's memory is thrown
-//! away after the call, so it never needs to free), the `cabi_realloc` through which the host
-//! writes the input into the plugin's memory, and a panic handler that traps. `build.rs` gives it
-//! a 64 KiB stack instead of Rust's default 1 MiB (overflowing it traps: the stack sits at the
-//! bottom of memory) and links wasi-libc's `memcmp` and friends, which import nothing. Natively
-//! (`cargo test -p velocity`) it is an ordinary `std` crate.
+//! `approval:risk/types`. A `std` plugin on `wasm32-wasip2` links wasi-libc, imports about 13 WASI
+//! interfaces (stdio, environment, exit, terminals, streams) and holds three core modules, all
+//! instantiated and linked on every call. What `std` would provide, the crate provides itself
+//! (`src/guest.rs`): a bump allocator (a fresh instance's memory is thrown away after the call,
+//! so freeing costs nothing), the `cabi_realloc` through which the host writes the input into the
+//! plugin's memory, and a panic handler that traps. `build.rs` gives it a 64 KiB stack instead of
+//! Rust's default 1 MiB (overflowing it traps: the stack sits at the bottom of memory) and links
+//! wasi-libc's `memcmp` and friends, which import nothing. Natively (`cargo test -p velocity`) it
+//! is an ordinary `std` crate.
 //!
 //! `std` plugins work too, and are the easier start: they can `println!` into the call's log,
 //! which a `no_std` plugin cannot. The price is a slower call, most of it spent instantiating
