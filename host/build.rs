@@ -23,7 +23,7 @@ fn main() {
         .flatten()
         .filter(|e| e.path().join("Cargo.toml").exists())
     {
-        for watched in ["Cargo.toml", "src", "wit"] {
+        for watched in ["Cargo.toml", "build.rs", "src", "wit"] {
             let path = entry.path().join(watched);
             if path.exists() {
                 println!("cargo:rerun-if-changed={}", path.display());

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use approval_host::plugin::{
     LoadedPlugin, PluginError, PluginIdentity, PluginLimits, PluginRuntime, RuntimeConfig,
+    UploadError,
 };
 use approval_host::risk::{
     Action, Activity, ClassifyInput, CounterOffer, Decision, EffectivePolicy, History, Money,
@@ -172,9 +173,12 @@ fn bench_plugin_call(c: &mut Criterion) {
     });
     group.bench_function("fresh_describe_call", |b| {
         b.iter(|| {
-            tokio
-                .block_on(rt.describe(black_box(&plugin.compiled), &limits))
-                .unwrap()
+            match tokio.block_on(rt.describe(black_box(&plugin.compiled), &limits)) {
+                // On a loaded machine, one call in a million may be descheduled past the 10 ms
+                // deadline (fresh_instance_call reports such a call instead of failing).
+                Ok(_) | Err(UploadError::DescribeFailed(PluginError::Deadline { .. })) => {}
+                Err(other) => panic!("describe failed: {other:?}"),
+            }
         });
     });
     group.bench_function("instantiate_and_drop", |b| {

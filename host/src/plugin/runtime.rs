@@ -169,7 +169,7 @@ impl std::error::Error for DeadlineReached {}
 /// What to ask a guest.
 enum Ask<'a> {
     Describe,
-    Classify(&'a wit::approval::risk::types::ClassifyInput),
+    Classify(&'a wit::ClassifyInput<'a>),
 }
 
 /// A guest's raw answer.
@@ -324,7 +324,7 @@ impl PluginRuntime {
             now_ms: 0,
         };
         let limits = limits.clamped_to(&self.config.platform_max);
-        let invocation = self.invoke(compiled, &spec, &limits, Ask::Describe).await;
+        let invocation = self.invoke(compiled, spec, &limits, Ask::Describe).await;
         let raw = match invocation.answer {
             Ok(Answer::Info(info)) => info,
             Ok(Answer::Verdict(_)) => unreachable_answer(),
@@ -362,8 +362,8 @@ impl PluginRuntime {
                 seed: input.request.id.clone(),
                 now_ms: input.request.requested_at_ms,
             };
-            let wit_input = wit::classify_input(input);
-            self.invoke(&plugin.compiled, &spec, &limits, Ask::Classify(&wit_input))
+            let wit_input = wit::ClassifyInput::new(input);
+            self.invoke(&plugin.compiled, spec, &limits, Ask::Classify(&wit_input))
                 .await
         };
         let Invocation {
@@ -408,7 +408,7 @@ impl PluginRuntime {
     async fn invoke(
         &self,
         compiled: &CompiledPlugin,
-        spec: &SandboxSpec,
+        spec: SandboxSpec,
         limits: &PluginLimits,
         ask: Ask<'_>,
     ) -> Invocation {
@@ -453,7 +453,7 @@ impl PluginRuntime {
             match ask {
                 Ask::Describe => guest.call_describe(&mut store).await.map(Answer::Info),
                 Ask::Classify(input) => guest
-                    .call_classify(&mut store, input)
+                    .call_classify(&mut store, input.get())
                     .await
                     .map(Answer::Verdict),
             }
@@ -512,7 +512,7 @@ impl PluginRuntime {
             now_ms: 0,
         };
         let state = CallState::new(
-            &spec,
+            spec,
             &plugin.compiled.inner.sha256,
             limits.memory_bytes,
             limits.log_bytes,
@@ -545,11 +545,11 @@ impl ReusedInstance {
             message: e.to_string(),
         };
         self.store.set_fuel(u64::MAX).map_err(host)?;
-        let input = wit::classify_input(input);
+        let input = wit::ClassifyInput::new(input);
         let answer = self
             .instance
             .approval_risk_classifier()
-            .call_classify(&mut self.store, &input)
+            .call_classify(&mut self.store, input.get())
             .await
             .map_err(host)?;
         answer

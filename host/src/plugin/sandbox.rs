@@ -29,8 +29,14 @@ pub struct SandboxSpec {
 
 /// The state of one call's `Store`.
 pub struct CallState {
-    /// The deny-by-default WASI context.
-    wasi: WasiCtx,
+    /// The deny-by-default WASI context, built from `spec` the first time the guest calls into
+    /// WASI. A component that imports no WASI never needs one, and many calls of one that does
+    /// never use it; either way the guest sees the same context, whenever it is built.
+    wasi: Option<WasiCtx>,
+    /// What the WASI context is built from.
+    spec: SandboxSpec,
+    /// The component's sha256, which seeds the random generators together with `spec.seed`.
+    component_sha256: [u8; 32],
     /// Resources (streams, pollables) the guest holds during the call.
     table: ResourceTable,
     /// Enforces the memory, table and instance caps and remembers whether memory was refused.
@@ -42,6 +48,7 @@ pub struct CallState {
 impl std::fmt::Debug for CallState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallState")
+            .field("spec", &self.spec)
             .field("limiter", &self.limiter)
             .finish_non_exhaustive()
     }
@@ -50,47 +57,61 @@ impl std::fmt::Debug for CallState {
 impl CallState {
     /// A fresh sandbox for one call.
     pub(crate) fn new(
-        spec: &SandboxSpec,
+        spec: SandboxSpec,
         component_sha256: &[u8; 32],
         memory_bytes: usize,
         log_bytes: usize,
     ) -> Self {
-        let seed: [u8; 32] = Sha256::new()
-            .chain_update(b"approval-host sandbox seed v1\0")
-            .chain_update(component_sha256)
-            .chain_update(spec.seed.as_bytes())
-            .finalize()
-            .into();
-        let insecure_seed = u128::from_le_bytes(seed[..16].try_into().unwrap_or_default());
-        let clock = FrozenClock(Duration::from_millis(spec.now_ms));
-        let log = CallLog::new(log_bytes);
-        let mut builder = WasiCtx::builder();
-        builder
-            .stdout(log.clone())
-            .stderr(log.clone())
-            .wall_clock(clock)
-            .monotonic_clock(clock)
-            .secure_random(StdRng::from_seed(seed))
-            .insecure_random(StdRng::from_seed(Sha256::digest(seed).into()))
-            .insecure_random_seed(insecure_seed)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
         Self {
-            wasi: builder.build(),
+            wasi: None,
+            spec,
+            component_sha256: *component_sha256,
             table: ResourceTable::new(),
             limiter: CallLimiter::new(memory_bytes),
-            log,
+            log: CallLog::new(log_bytes),
         }
     }
 }
 
+/// The deny-by-default WASI context of a call: no preopens, sockets and name lookups refused,
+/// empty environment and arguments, closed stdin, both clocks at the request time, generators
+/// seeded from the spec's seed and the component's hash, stdout and stderr into `log`.
+fn deny_by_default_wasi(spec: &SandboxSpec, component_sha256: &[u8; 32], log: &CallLog) -> WasiCtx {
+    let seed: [u8; 32] = Sha256::new()
+        .chain_update(b"approval-host sandbox seed v1\0")
+        .chain_update(component_sha256)
+        .chain_update(spec.seed.as_bytes())
+        .finalize()
+        .into();
+    let insecure_seed = u128::from_le_bytes(seed[..16].try_into().unwrap_or_default());
+    let clock = FrozenClock(Duration::from_millis(spec.now_ms));
+    let mut builder = WasiCtx::builder();
+    builder
+        .stdout(log.clone())
+        .stderr(log.clone())
+        .wall_clock(clock)
+        .monotonic_clock(clock)
+        .secure_random(StdRng::from_seed(seed))
+        .insecure_random(StdRng::from_seed(Sha256::digest(seed).into()))
+        .insecure_random_seed(insecure_seed)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    builder.build()
+}
+
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        let Self {
+            wasi,
+            spec,
+            component_sha256,
+            table,
+            log,
+            ..
+        } = self;
+        let ctx = wasi.get_or_insert_with(|| deny_by_default_wasi(spec, component_sha256, log));
+        WasiCtxView { ctx, table }
     }
 }
 

@@ -7,6 +7,10 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "risk-classifier",
     exports: { default: async },
+    // Parameters of guest exports borrow (`&str`, `&[T]`), so the input is lowered into the guest
+    // straight from the domain types without cloning every string first. Types that are also
+    // results get a second, owning form (`MoneyParam<'a>` and `MoneyResult`).
+    ownership: Borrowing { duplicate_if_necessary: true },
 });
 
 use approval::risk::types as w;
@@ -14,21 +18,21 @@ use approval::risk::types as w;
 /// The export every plugin must provide, as named in component metadata.
 pub const CLASSIFIER_EXPORT: &str = "approval:risk/classifier@0.1.0";
 
-fn money(m: &risk::Money) -> w::Money {
-    w::Money {
+fn money(m: &risk::Money) -> w::MoneyParam<'_> {
+    w::MoneyParam {
         minor_units: m.minor_units,
-        currency: m.currency.clone(),
+        currency: &m.currency,
     }
 }
 
-fn money_back(m: w::Money) -> risk::Money {
+fn money_back(m: w::MoneyResult) -> risk::Money {
     risk::Money {
         minor_units: m.minor_units,
         currency: m.currency,
     }
 }
 
-fn action(a: &risk::Action) -> w::Action {
+fn action(a: &risk::Action) -> w::Action<'_> {
     match a {
         risk::Action::Payment {
             amount,
@@ -36,69 +40,97 @@ fn action(a: &risk::Action) -> w::Action {
             merchant_category,
         } => w::Action::Payment(w::Payment {
             amount: money(amount),
-            recipient: recipient.clone(),
-            merchant_category: merchant_category.clone(),
+            recipient,
+            merchant_category: merchant_category.as_deref(),
         }),
         risk::Action::CredentialPut { service, category } => {
-            w::Action::CredentialPut(w::CredentialPut {
-                service: service.clone(),
-                category: category.clone(),
-            })
+            w::Action::CredentialPut(w::CredentialPut { service, category })
         }
-        risk::Action::MemoryWrite { namespace, key } => w::Action::MemoryWrite(w::MemoryWrite {
-            namespace: namespace.clone(),
-            key: key.clone(),
-        }),
+        risk::Action::MemoryWrite { namespace, key } => {
+            w::Action::MemoryWrite(w::MemoryWrite { namespace, key })
+        }
         risk::Action::CapabilityMint {
             capability,
             requested_scope,
             parent_scope,
         } => w::Action::CapabilityMint(w::CapabilityMint {
-            capability: capability.clone(),
+            capability,
             requested_scope: *requested_scope,
             parent_scope: *parent_scope,
         }),
-        risk::Action::Other { kind, params_json } => w::Action::Other(w::GenericAction {
-            kind: kind.clone(),
-            params_json: params_json.clone(),
-        }),
+        risk::Action::Other { kind, params_json } => {
+            w::Action::Other(w::GenericAction { kind, params_json })
+        }
     }
 }
 
-fn activity(a: &risk::Activity) -> w::Activity {
-    w::Activity {
-        requests: a.requests,
-        payments: a.payments,
-        denied: a.denied,
-        approved_spend: a.approved_spend.iter().map(money).collect(),
-    }
+/// A classification input in its WIT shape, borrowed from the domain input: the guest's copy is
+/// written straight from the host's strings, so converting allocates only the lists of
+/// borrowed items below (and none for an empty list).
+pub struct ClassifyInput<'a> {
+    input: &'a risk::ClassifyInput,
+    device_context: Vec<&'a str>,
+    spend_thresholds: Vec<w::MoneyParam<'a>>,
+    sensitive_categories: Vec<&'a str>,
+    settings: Vec<(&'a str, &'a str)>,
+    last_hour_spend: Vec<w::MoneyParam<'a>>,
+    last_day_spend: Vec<w::MoneyParam<'a>>,
 }
 
-/// The WIT shape of a classification input.
-pub fn classify_input(input: &risk::ClassifyInput) -> w::ClassifyInput {
-    let r = &input.request;
-    let p = &input.policy;
-    w::ClassifyInput {
-        request: w::Request {
-            id: r.id.clone(),
-            vendor: r.vendor.clone(),
-            actor: r.actor.clone(),
-            device_context: r.device_context.clone(),
-            action: action(&r.action),
-            requested_at_ms: r.requested_at_ms,
-        },
-        policy: w::Policy {
-            spend_thresholds: p.spend_thresholds.iter().map(money).collect(),
-            sensitive_categories: p.sensitive_categories.clone(),
-            mint_ratio_percent: p.mint_ratio_percent,
-            default_ttl_seconds: u32::try_from(p.default_ttl.as_secs()).unwrap_or(u32::MAX),
-            settings: p.settings.clone(),
-        },
-        history: w::History {
-            last_hour: activity(&input.history.last_hour),
-            last_day: activity(&input.history.last_day),
-            pending: input.history.pending,
-        },
+impl<'a> ClassifyInput<'a> {
+    /// Collects the lists of borrowed items the WIT shape points into.
+    pub fn new(input: &'a risk::ClassifyInput) -> Self {
+        let strs = |v: &'a [String]| v.iter().map(String::as_str).collect();
+        let moneys = |v: &'a [risk::Money]| v.iter().map(money).collect();
+        Self {
+            input,
+            device_context: strs(&input.request.device_context),
+            spend_thresholds: moneys(&input.policy.spend_thresholds),
+            sensitive_categories: strs(&input.policy.sensitive_categories),
+            settings: input
+                .policy
+                .settings
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            last_hour_spend: moneys(&input.history.last_hour.approved_spend),
+            last_day_spend: moneys(&input.history.last_day.approved_spend),
+        }
+    }
+
+    /// The value the guest's `classify` is called with.
+    pub fn get(&self) -> w::ClassifyInput<'_> {
+        let r = &self.input.request;
+        let p = &self.input.policy;
+        let h = &self.input.history;
+        let activity = |a: &risk::Activity, spend| w::Activity {
+            requests: a.requests,
+            payments: a.payments,
+            denied: a.denied,
+            approved_spend: spend,
+        };
+        w::ClassifyInput {
+            request: w::Request {
+                id: &r.id,
+                vendor: &r.vendor,
+                actor: &r.actor,
+                device_context: &self.device_context,
+                action: action(&r.action),
+                requested_at_ms: r.requested_at_ms,
+            },
+            policy: w::Policy {
+                spend_thresholds: &self.spend_thresholds,
+                sensitive_categories: &self.sensitive_categories,
+                mint_ratio_percent: p.mint_ratio_percent,
+                default_ttl_seconds: u32::try_from(p.default_ttl.as_secs()).unwrap_or(u32::MAX),
+                settings: &self.settings,
+            },
+            history: w::History {
+                last_hour: activity(&h.last_hour, &self.last_hour_spend),
+                last_day: activity(&h.last_day, &self.last_day_spend),
+                pending: h.pending,
+            },
+        }
     }
 }
 

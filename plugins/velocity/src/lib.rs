@@ -52,6 +52,36 @@
 //! | `blocked-merchant-categories` | blocked-merchant | comma-separated categories | `gambling` |
 //! | `max-payments-per-hour` | payments-per-hour | count | 5 |
 //! | `max-hourly-spend.<CURRENCY>`, e.g. `max-hourly-spend.CNY` | hourly-spend | minor units | no limit |
+//!
+//! ## Why `no_std`, and how to use `std` instead
+//!
+//! The host instantiates a plugin afresh for every call, so start-up is part of every call's cost,
+//! and the plugin is built to start cheaply. On wasm32 it is `#![no_std]` with `alloc`: `String`,
+//! `Vec` and `format!` work as usual, but nothing links Rust's standard library or wasi-libc's
+//! runtime. Its component is then a single core module that imports nothing but the contract's
+//! `approval:risk/types`. A `std` plugin on `wasm32-wasip2` links wasi-libc, imports about 13 WASI
+//! interfaces (stdio, environment, exit, terminals, streams) and holds three core modules, all
+//! instantiated and linked on every call. What `std` would provide, the crate provides itself
+//! (`src/guest.rs`): a bump allocator (a fresh instance's memory is thrown away after the call,
+//! so freeing costs nothing), the `cabi_realloc` through which the host writes the input into the
+//! plugin's memory, and a panic handler that traps. `build.rs` gives it a 64 KiB stack instead of
+//! Rust's default 1 MiB (overflowing it traps: the stack sits at the bottom of memory) and links
+//! wasi-libc's `memcmp` and friends, which import nothing. Natively (`cargo test -p velocity`) it
+//! is an ordinary `std` crate.
+//!
+//! `std` plugins work too, and are the easier start: they can `println!` into the call's log,
+//! which a `no_std` plugin cannot. The price is a slower call, most of it spent instantiating
+//! and linking the WASI imports; BENCHMARKS.md (plugin call) measures both builds of this crate.
+//! The `std` feature builds it with `std` (`cargo build --release --target wasm32-wasip2 -p
+//! velocity --features std`). To write a `std` plugin of your own, leave out the `no_std`
+//! attribute, `extern crate alloc`, `mod guest` and `build.rs`; nothing else changes.
+
+#![cfg_attr(all(target_arch = "wasm32", not(feature = "std")), no_std)]
+
+extern crate alloc;
+
+#[cfg(all(target_arch = "wasm32", not(feature = "std")))]
+mod guest;
 
 // The bindings for the world, generated at compile time from the repository's WIT. They provide
 // the types (`approval::risk::types::*`), the `Guest` trait to implement and the `export!` macro.
@@ -59,6 +89,9 @@ wit_bindgen::generate!({
     path: "../../wit",
     world: "risk-classifier",
 });
+
+use alloc::string::{String, ToString as _};
+use alloc::{format, vec};
 
 use approval::risk::types::{
     Action, ClassifyInput, CounterOffer, Decision, Money, Payment, PluginInfo, Rule, Verdict,
