@@ -264,7 +264,11 @@ async fn every_step(db: TestDb) {
     host.clock.advance(Duration::from_secs(3600));
     assert_eq!(host.service.sweep().await.unwrap(), 1);
     let entries = receipt_of(late.id.clone()).await;
-    assert_eq!(kinds(&entries).last().unwrap(), "timed_out");
+    assert_eq!(kinds(&entries).last().unwrap(), "decided:timed_out");
+    let Event::Decided { method, .. } = &entries.last().unwrap().event else {
+        panic!()
+    };
+    assert_eq!(method, "timeout");
     assert_eq!(entries.last().unwrap().at_ms, late.expires_at_ms.unwrap());
 
     // Over the hourly limit of 3 requests for a guardian: a rate-limit refusal.

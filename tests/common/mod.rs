@@ -207,3 +207,253 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+// ---- a real host on a loopback port --------------------------------------------------------
+
+/// The platform admin token of test hosts.
+pub const ADMIN: &str = "test-admin-token";
+
+/// A host serving on 127.0.0.1:<random port> over a test database, with a clock the test moves.
+pub struct TestHost {
+    pub url: String,
+    pub clock: approval_host::clock::ManualClock,
+    pub sessions: approval_host::access::SessionIssuer,
+    pub state: approval_host::http::AppState,
+    pub client: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _data: tempfile::TempDir,
+}
+
+impl TestHost {
+    /// Starts a host on `db` (another `TestHost` on the same `db` is a second replica).
+    pub async fn start(db: &TestDb, clock: approval_host::clock::ManualClock) -> TestHost {
+        use approval_host::config::ServeConfig;
+        use approval_host::server::{Host, HostOptions};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let data = tempfile::tempdir().unwrap();
+        let mut config = ServeConfig {
+            database_url: Some(db.url.clone()),
+            data_dir: data.path().to_owned(),
+            admin_token: Some(ADMIN.to_owned()),
+            ..ServeConfig::default()
+        };
+        config.guardian_sessions.trust_dev_issuer = true;
+        config.limits.max_wait_seconds = 10;
+        let host = Host::start(
+            &config,
+            HostOptions {
+                clock: Arc::new(clock.clone()),
+                runtime: Some(test_config()),
+            },
+        )
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let sessions = host.dev_sessions.clone().unwrap();
+        let state = Arc::clone(&host.state);
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        // A host dropped without `stop` shuts down on its own; its database may be gone by
+        // then, so the result is only read by `stop`.
+        let served = tokio::spawn(async move {
+            host.serve(listener, async move {
+                let _ = stop.await;
+            })
+            .await
+        });
+        TestHost {
+            url,
+            clock,
+            sessions,
+            state,
+            client: reqwest::Client::new(),
+            shutdown: Some(shutdown),
+            served: Some(served),
+            _data: data,
+        }
+    }
+
+    /// Stops serving (in-flight requests finish, a last checkpoint is signed) and waits.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(served) = self.served.take() {
+            served.await.unwrap().unwrap();
+        }
+    }
+
+    /// A guardian session for `id`, valid for an hour from the host's clock.
+    pub fn guardian(&self, id: &str) -> String {
+        use approval_host::clock::Clock as _;
+        self.sessions
+            .mint(
+                id,
+                self.clock.now_ms(),
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap()
+    }
+
+    /// A request to `path` with `token` as bearer.
+    pub fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.url));
+        if token.is_empty() {
+            request
+        } else {
+            request.bearer_auth(token)
+        }
+    }
+
+    /// GET `path` as `token`: (status, JSON body).
+    pub async fn get(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        answer(
+            self.call(reqwest::Method::GET, path, token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// POST `body` to `path` as `token`: (status, JSON body).
+    pub async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        answer(
+            self.call(reqwest::Method::POST, path, token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// PUT `body` to `path` as `token`: (status, JSON body).
+    pub async fn put(
+        &self,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        answer(
+            self.call(reqwest::Method::PUT, path, token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Creates a vendor through the API and returns its key.
+    pub async fn vendor(&self, id: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/v1/vendors",
+                ADMIN,
+                serde_json::json!({"id": id, "name": id}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["api_key"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers an actor with its guardians and returns its agent token.
+    pub async fn actor(
+        &self,
+        vendor_key: &str,
+        id: &str,
+        tags: &[&str],
+        guardians: &[&str],
+    ) -> String {
+        let (status, body) = self
+            .post(
+                "/v1/vendor/actors",
+                vendor_key,
+                serde_json::json!({"id": id, "context_tags": tags, "guardians": guardians, "issue_token": true}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// The status and JSON body of a response (`null` when the body is not JSON).
+pub async fn answer(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Reads server-sent events from a streaming response: (event name, JSON data).
+pub struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Sse {
+    pub fn new(response: reqwest::Response) -> Self {
+        assert_eq!(response.status().as_u16(), 200);
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments and keep-alives skipped); `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<(String, serde_json::Value)> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut name = "message".to_owned();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                return Some((
+                    name,
+                    serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+                ));
+            }
+            let chunk = self.response.chunk().await.ok()??;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next event, waiting at most `seconds` (a bound for a broken test, not a timing claim).
+    pub async fn next_within(&mut self, seconds: u64) -> Option<(String, serde_json::Value)> {
+        tokio::time::timeout(std::time::Duration::from_secs(seconds), self.next())
+            .await
+            .ok()
+            .flatten()
+    }
+}

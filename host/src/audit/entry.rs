@@ -103,14 +103,15 @@ pub enum Event {
         decision: String,
         reason: String,
     },
-    /// The request was decided, or sent to a guardian (`status` `pending`, with `expires_at_ms`).
+    /// The request was decided, sent to a guardian (`status` `pending`, with `expires_at_ms`),
+    /// or timed out (`status` `timed_out`, `method` `timeout`, `at_ms` the moment it expired).
     Decided {
         approval_id: String,
         vendor: String,
         actor: String,
-        /// `allowed`, `denied`, `pending`, `approved` or `revised`.
+        /// `allowed`, `denied`, `pending`, `approved`, `revised` or `timed_out`.
         status: String,
-        /// `policy` or `human`.
+        /// `policy`, `human` or `timeout`.
         method: String,
         /// The guardian who decided, by their own id (human decisions only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,12 +135,6 @@ pub enum Event {
         /// When a pending request times out.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at_ms: Option<u64>,
-    },
-    /// Nobody decided before the request expired; `at_ms` is when it expired.
-    TimedOut {
-        approval_id: String,
-        vendor: String,
-        actor: String,
     },
     /// The actor had sent its hourly limit of requests for a guardian; this one was refused.
     RateLimited {
@@ -252,7 +247,6 @@ impl Event {
             Event::PluginClassified { .. } => "plugin_classified",
             Event::RuleFired { .. } => "rule_fired",
             Event::Decided { .. } => "decided",
-            Event::TimedOut { .. } => "timed_out",
             Event::RateLimited { .. } => "rate_limited",
             Event::PolicyChanged { .. } => "policy_changed",
             Event::OverridesChanged { .. } => "overrides_changed",
@@ -275,11 +269,6 @@ impl Event {
                 vendor,
                 actor,
                 ..
-            }
-            | Event::TimedOut {
-                approval_id,
-                vendor,
-                actor,
             }
             | Event::RateLimited {
                 approval_id,

@@ -175,15 +175,25 @@ pub fn decision(record: &ApprovalRecord) -> Recorded {
     out
 }
 
-/// A pending request that timed out (the record as settled).
+/// A pending request that timed out (the record as settled): a decision by `timeout`, at the
+/// moment it expired.
 pub fn timeout(record: &ApprovalRecord) -> Entry {
     let (approval_id, vendor, actor) = ids(record);
     Entry::new(
         record.decided_at_ms.unwrap_or(record.created_at_ms),
-        Event::TimedOut {
+        Event::Decided {
             approval_id,
             vendor,
             actor,
+            status: record.status.as_str().to_owned(),
+            method: Method::Timeout.as_str().to_owned(),
+            decider: None,
+            rule_id: None,
+            reason: None,
+            guardian_reason_sha256: None,
+            granted_params_hash: None,
+            token_id: None,
+            expires_at_ms: None,
         },
     )
 }

@@ -699,7 +699,6 @@ fn approval_of(event: &Event) -> Option<&str> {
         | Event::PluginClassified { approval_id, .. }
         | Event::RuleFired { approval_id, .. }
         | Event::Decided { approval_id, .. }
-        | Event::TimedOut { approval_id, .. }
         | Event::RateLimited { approval_id, .. } => Some(approval_id),
         _ => None,
     }

@@ -77,7 +77,9 @@ fn answer(
             error.retry_after = view.retry_after_seconds;
             Err(error)
         }
-        Status::TimedOut => Err(ApiError::new(
+        // The agent must not act on it: an error it cannot mistake for an answer. Others see
+        // the record with its status.
+        Status::TimedOut if audience == Audience::AgentSide => Err(ApiError::new(
             StatusCode::GONE,
             "approval_timeout",
             "the request timed out before a decision",

@@ -105,7 +105,7 @@ pub async fn stream(
                 };
                 let now = state.clock.now_ms();
                 let event = match received {
-                    Ok(event) if event.guardians().iter().any(|g| *g == id) => match &event {
+                    Ok(event) if event.guardians().contains(&id) => match &event {
                         ApprovalEvent::Pending(n) => Event::default()
                             .event("pending")
                             .json_data(ApprovalView::of(n, Audience::Others, now)),

@@ -426,13 +426,11 @@ pub async fn upload_plugin(
                 .map_err(|_| ApiError::bad_request("the signature is not base64"))
         })
         .transpose()?;
-    let now = state.clock.now_ms();
-    let version = state
+    let (version, created) = state
         .plugins
-        .upload(&vendor, &bytes, signature.as_deref(), now)
+        .upload_new(&vendor, &bytes, signature.as_deref(), state.clock.now_ms())
         .await?;
-    // The same bytes uploaded before come back as that version, with its own upload time.
-    let status = if version.uploaded_at_ms == now {
+    let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK

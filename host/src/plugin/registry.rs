@@ -160,6 +160,21 @@ impl PluginRegistry {
         signature: Option<&[u8]>,
         now_ms: u64,
     ) -> Result<PluginVersion, RegistryError> {
+        Ok(self.upload_new(vendor, bytes, signature, now_ms).await?.0)
+    }
+
+    /// [`Self::upload`], also telling whether the version is new (`false`: the same bytes were
+    /// uploaded before and this is that version).
+    ///
+    /// # Errors
+    /// As [`Self::upload`].
+    pub async fn upload_new(
+        &self,
+        vendor: &str,
+        bytes: &[u8],
+        signature: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Result<(PluginVersion, bool), RegistryError> {
         let limit = self.runtime.config().max_component_bytes;
         if bytes.len() > limit {
             return Err(UploadError::TooLarge {
@@ -205,7 +220,7 @@ impl PluginRegistry {
                         Vec::new()
                     };
                     Ok(Audited {
-                        value: version,
+                        value: (version, created),
                         entries,
                         payloads: Vec::new(),
                     })

@@ -135,16 +135,31 @@ fn threshold_map(list: &[Money]) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Parses a document, naming the field a problem is at (`spend_thresholds.CNY`), or `what`
+/// for a problem with the whole document.
+fn parse_named<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<T, PolicyError> {
+    let mut reader = serde_json::Deserializer::from_str(json);
+    let parsed: T = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+        let path = e.path().to_string();
+        PolicyError::Invalid {
+            field: if path == "." { what.to_owned() } else { path },
+            problem: e.into_inner().to_string(),
+        }
+    })?;
+    reader.end().map_err(|e| PolicyError::Invalid {
+        field: what.to_owned(),
+        problem: e.to_string(),
+    })?;
+    Ok(parsed)
+}
+
 impl TemplateDoc {
     /// Parses a template document.
     ///
     /// # Errors
     /// Malformed JSON, a wrong type or an unknown field, named in the message.
     pub fn parse(json: &str) -> Result<Self, PolicyError> {
-        serde_json::from_str(json).map_err(|e| PolicyError::Invalid {
-            field: "template".into(),
-            problem: e.to_string(),
-        })
+        parse_named(json, "template")
     }
 
     /// The document as JSON.
@@ -245,10 +260,7 @@ impl OverridesDoc {
     /// # Errors
     /// Malformed JSON, a wrong type or an unknown field, named in the message.
     pub fn parse(json: &str) -> Result<Self, PolicyError> {
-        serde_json::from_str(json).map_err(|e| PolicyError::Invalid {
-            field: "overrides".into(),
-            problem: e.to_string(),
-        })
+        parse_named(json, "overrides")
     }
 
     /// The document as JSON.

@@ -240,8 +240,13 @@ fn bad_templates_are_refused_naming_the_field() {
             r#"{"override_bounds":{"spend_thresholds":{"CNY":{"min":0,"max":100}}}}"#,
             "override_bounds.spend_thresholds.CNY",
         ),
-        (r#"{"spend_treshold":{"CNY":1}}"#, "template"),
-        (r#"{"plugin_fail_mode":"allow"}"#, "template"),
+        (r#"{"spend_treshold":{"CNY":1}}"#, "spend_treshold"),
+        (r#"{"plugin_fail_mode":"allow"}"#, "plugin_fail_mode"),
+        (
+            r#"{"spend_thresholds":{"CNY":"lots"}}"#,
+            "spend_thresholds.CNY",
+        ),
+        (r#"not json"#, "template"),
     ];
     for (json, field) in cases {
         match template(json) {
