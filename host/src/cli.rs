@@ -1,4 +1,5 @@
-//! The command line: vendor tools for plugins, and the demo.
+//! The command line: `serve` and `demo`, vendor tools for plugins, audit tools, and development
+//! helpers.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -174,6 +175,13 @@ enum PluginCommand {
         #[arg(long = "setting", value_parser = parse_setting)]
         settings: Vec<(String, String)>,
     },
+}
+
+impl Cli {
+    /// Whether the command runs a server (which logs every request).
+    pub fn serves(&self) -> bool {
+        matches!(self.command, Command::Serve(_) | Command::Demo(_))
+    }
 }
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {

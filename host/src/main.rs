@@ -6,14 +6,16 @@ mod cli;
 use clap::Parser as _;
 
 fn main() -> anyhow::Result<()> {
+    let args = cli::Cli::parse();
+    // A server logs each request; a one-shot command only what went wrong. RUST_LOG overrides.
+    let default = if args.serves() { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = cli::Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(cli::run(args))
 }
