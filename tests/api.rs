@@ -877,3 +877,110 @@ async fn bad_input(db: TestDb) {
     let (status, body) = w.host.get("/v1/nothing-here", &w.agent).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
 }
+
+on_both_backends!(
+    an_approval_streams_its_events_and_the_log_proves_itself,
+    events_and_proofs
+);
+async fn events_and_proofs(db: TestDb) {
+    let w = world(&db).await;
+    let (_, asked) = ask(&w, 60_000).await;
+    let id = asked["id"].as_str().unwrap().to_owned();
+    let mut events = Sse::new(
+        w.host
+            .call(Method::GET, &format!("/v1/approvals/{id}/events"), &w.agent)
+            .send()
+            .await
+            .unwrap(),
+    );
+    let (name, now) = events.next_within(10).await.unwrap();
+    assert_eq!(
+        (name.as_str(), now["status"].as_str()),
+        ("approval", Some("pending"))
+    );
+    w.host
+        .post(
+            &format!("/v1/approvals/{id}/decision"),
+            &w.mom,
+            json!({"decision": "approve"}),
+        )
+        .await;
+    let (name, settled) = events.next_within(10).await.unwrap();
+    assert_eq!(
+        (name.as_str(), settled["status"].as_str()),
+        ("approval", Some("approved"))
+    );
+    assert!(
+        settled["token"]["token"].is_string(),
+        "the agent's stream carries its token"
+    );
+    assert!(
+        events.next_within(10).await.is_none(),
+        "the stream ends once settled"
+    );
+
+    // The platform's proofs check out against the signed checkpoint.
+    let (status, checkpoint) = w.host.get("/v1/audit/checkpoint", ADMIN).await;
+    assert_eq!(status, 200, "{checkpoint}");
+    let opened = CheckpointVerifier::new(checkpoint["log_key"].as_str().unwrap())
+        .unwrap()
+        .open(checkpoint["checkpoint"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(opened.size, checkpoint["size"].as_u64().unwrap());
+    let b64 = |v: &Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let (_, page) = w
+        .host
+        .get(&format!("/v1/audit/entries?approval_id={id}"), ADMIN)
+        .await;
+    let entry = &page["entries"][0];
+    let index = entry["index"].as_u64().unwrap();
+    let (_, proof) = w
+        .host
+        .get(&format!("/v1/audit/proofs/inclusion?index={index}"), ADMIN)
+        .await;
+    let hashes: Vec<Vec<u8>> = proof["proof"].as_array().unwrap().iter().map(b64).collect();
+    approval_host::audit::merkle::verify_inclusion(
+        index,
+        opened.size,
+        &approval_host::audit::merkle::leaf_hash(&b64(&entry["bytes"])).0,
+        &hashes,
+        &opened.root.0,
+    )
+    .unwrap();
+    // A later checkpoint extends this one.
+    ask(&w, 1_000).await;
+    let (_, later) = w.host.get("/v1/audit/checkpoint", ADMIN).await;
+    let later_size = later["size"].as_u64().unwrap();
+    assert!(later_size > opened.size);
+    let (_, proof) = w
+        .host
+        .get(
+            &format!(
+                "/v1/audit/proofs/consistency?old_size={}&size={later_size}",
+                opened.size
+            ),
+            ADMIN,
+        )
+        .await;
+    let hashes: Vec<Vec<u8>> = proof["proof"].as_array().unwrap().iter().map(b64).collect();
+    approval_host::audit::merkle::verify_consistency(
+        opened.size,
+        later_size,
+        &hashes,
+        &opened.root.0,
+        &b64(&later["root"]),
+    )
+    .unwrap();
+    let (status, body) = w
+        .host
+        .get("/v1/audit/proofs/inclusion?index=999999", ADMIN)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(w.host.get("/readyz", "").await.0, 200);
+    assert_eq!(w.host.get("/healthz", "").await.0, 200);
+}

@@ -19,7 +19,11 @@ use tokio::sync::mpsc;
 const REQUESTS: usize = 400;
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     let rank = ((sorted.len() as f64) * q).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
@@ -81,13 +85,20 @@ async fn run(streams: usize) {
         r#"{"max_approval_requests_per_hour": 1000000, "ttl_seconds": {"default": 3600}}"#,
     )
     .unwrap();
-    s.approvals.set_template("bench", &template, "bench").await.unwrap();
+    s.approvals
+        .set_template("bench", &template, "bench")
+        .await
+        .unwrap();
     let guardians: Vec<String> = (0..streams).map(|i| format!("guardian-{i}")).collect();
     s.approvals
         .register_actor("bench", "device", &[], &guardians)
         .await
         .unwrap();
-    let agent = s.access.issue_agent_token("bench", "device", now).await.unwrap();
+    let agent = s
+        .access
+        .issue_agent_token("bench", "device", now)
+        .await
+        .unwrap();
     let issuer = host.dev_sessions.clone().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -120,7 +131,14 @@ async fn run(streams: usize) {
     let mut health = Vec::new();
     for _ in 0..REQUESTS {
         let started = Instant::now();
-        client.get(format!("{url}/healthz")).send().await.unwrap().bytes().await.unwrap();
+        client
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         health.push(started.elapsed());
     }
 
