@@ -160,21 +160,9 @@ async fn approve(db: TestDb) {
     );
 
     // The agent waits; the guardian approves.
-    let waiting = {
-        let (client, url, agent) = (w.host.client.clone(), w.host.url.clone(), w.agent.clone());
-        let id = id.clone();
-        tokio::spawn(async move {
-            common::answer(
-                client
-                    .get(format!("{url}/v1/approvals/{id}?wait=10"))
-                    .bearer_auth(agent)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        })
-    };
+    let waiting = w
+        .host
+        .get_later(&format!("/v1/approvals/{id}?wait=10"), &w.agent);
     let (status, settled) = w
         .host
         .post(
@@ -276,21 +264,9 @@ async fn timeout(db: TestDb) {
     let id = asked["id"].as_str().unwrap().to_owned();
     let expires = asked["expires_at"].as_u64().unwrap();
     // A long-poll in progress when the request expires is answered by the sweeper's timeout.
-    let waiting = {
-        let (client, url, agent) = (w.host.client.clone(), w.host.url.clone(), w.agent.clone());
-        let id = id.clone();
-        tokio::spawn(async move {
-            common::answer(
-                client
-                    .get(format!("{url}/v1/approvals/{id}?wait=10"))
-                    .bearer_auth(agent)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        })
-    };
+    let waiting = w
+        .host
+        .get_later(&format!("/v1/approvals/{id}?wait=10"), &w.agent);
     tokio::time::sleep(Duration::from_millis(50)).await;
     w.host.clock.set(expires);
     let (status, body) = waiting.await.unwrap();

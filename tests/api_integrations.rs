@@ -505,25 +505,9 @@ async fn push_crosses_replicas_on_postgres() {
         ("pending", Some(id.as_str()))
     );
 
-    let waiting = {
-        let (client, url, agent) = (
-            first.host.client.clone(),
-            first.host.url.clone(),
-            first.agent.clone(),
-        );
-        let id = id.clone();
-        tokio::spawn(async move {
-            common::answer(
-                client
-                    .get(format!("{url}/v1/approvals/{id}?wait=10"))
-                    .bearer_auth(agent)
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        })
-    };
+    let waiting = first
+        .host
+        .get_later(&format!("/v1/approvals/{id}?wait=10"), &first.agent);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (status, _) = second
         .host

@@ -322,6 +322,16 @@ impl TestHost {
         .await
     }
 
+    /// GET `path` as `token` in the background (a long-poll): (status, JSON body) when it ends.
+    pub fn get_later(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
+        let request = self.call(reqwest::Method::GET, path, token);
+        tokio::spawn(async move { answer(request.send().await.unwrap()).await })
+    }
+
     /// POST `body` to `path` as `token`: (status, JSON body).
     pub async fn post(
         &self,

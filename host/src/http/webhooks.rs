@@ -222,31 +222,36 @@ impl Webhooks {
             return Ok(());
         };
         let now = self.clock.now_ms();
+        fn body<T: Serialize>(
+            kind: &'static str,
+            timestamp: u64,
+            data: T,
+        ) -> serde_json::Result<String> {
+            serde_json::to_string(&Payload {
+                kind,
+                timestamp,
+                data,
+            })
+        }
         let (kind, body) = match event {
-            ApprovalEvent::Pending(n) => (
-                "approval.pending",
-                serde_json::to_string(&Payload {
-                    kind: "approval.pending",
-                    timestamp: now,
-                    data: ApprovalView::of(n, Audience::Others, now),
-                }),
-            ),
-            ApprovalEvent::Settled(n) => (
-                "approval.settled",
-                serde_json::to_string(&Payload {
-                    kind: "approval.settled",
-                    timestamp: now,
-                    data: ApprovalView::of(n, Audience::Others, now),
-                }),
-            ),
-            ApprovalEvent::Flagged(n) => (
-                "actor.flagged",
-                serde_json::to_string(&Payload {
-                    kind: "actor.flagged",
-                    timestamp: now,
-                    data: FlagView::from(&n.subject),
-                }),
-            ),
+            ApprovalEvent::Pending(n) => {
+                let kind = "approval.pending";
+                (
+                    kind,
+                    body(kind, now, ApprovalView::of(n, Audience::Others, now)),
+                )
+            }
+            ApprovalEvent::Settled(n) => {
+                let kind = "approval.settled";
+                (
+                    kind,
+                    body(kind, now, ApprovalView::of(n, Audience::Others, now)),
+                )
+            }
+            ApprovalEvent::Flagged(n) => {
+                let kind = "actor.flagged";
+                (kind, body(kind, now, FlagView::from(&n.subject)))
+            }
         };
         let payload = body.map_err(|e| StoreError::Corrupt(format!("webhook payload: {e}")))?;
         rows::insert_delivery(
