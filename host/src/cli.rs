@@ -564,6 +564,11 @@ export GUARDIAN={guardian_token}
 export VENDOR={vendor_key}
 export ADMIN={admin_token}
 
+# The web console, signed in (open in a browser; the token stays in the URL fragment):
+#   guardian  {base_url}/console/#token={guardian_token}
+#   vendor    {base_url}/console/#token={vendor_key}
+#   platform  {base_url}/console/#token={admin_token}
+
 # The guardian's inbox, and its live stream (leave this one running):
 curl -s $HOST/v1/inbox -H \"Authorization: Bearer $GUARDIAN\"
 curl -sN $HOST/v1/inbox/stream -H \"Authorization: Bearer $GUARDIAN\"

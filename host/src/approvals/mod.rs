@@ -241,13 +241,15 @@ pub struct ReplayItem {
     pub outcome_before: Decision,
     /// What it would be with this version's answer in place of the plugin's recorded one.
     pub outcome_after: Decision,
+    /// The plugin ran on the request and this version decides differently (or fails).
+    pub verdict_changed: bool,
 }
 
 /// How a plugin version would have judged a vendor's past requests.
 #[derive(Debug, Clone, Default)]
 pub struct Replay {
     pub compared: u32,
-    /// Requests where this version's decision differs from the plugin's recorded one.
+    /// Requests the plugin ran on where this version decides differently (or fails).
     pub verdicts_changed: u32,
     /// Requests whose outcome would change.
     pub outcomes_changed: u32,
@@ -1051,10 +1053,12 @@ impl ApprovalService {
             let mine = replayed.as_ref().map_or_else(|_| fail_mode(()), |v| v.0);
             let outcome_after = others.fold(mine, Decision::max);
             let outcome_before = outcome_of(&record);
+            let verdict_changed = recorded
+                .as_ref()
+                .is_some_and(|r| Some(r.0) != replayed.as_ref().ok().map(|v| v.0));
             replay.compared += 1;
             replay.failures += u32::from(replayed.is_err());
-            replay.verdicts_changed +=
-                u32::from(recorded.as_ref().map(|r| r.0) != replayed.as_ref().ok().map(|v| v.0));
+            replay.verdicts_changed += u32::from(verdict_changed);
             replay.outcomes_changed += u32::from(outcome_before != outcome_after);
             replay.items.push(ReplayItem {
                 approval_id: record.id.clone(),
@@ -1064,6 +1068,7 @@ impl ApprovalService {
                 replayed,
                 outcome_before,
                 outcome_after,
+                verdict_changed,
             });
         }
         Ok(replay)
@@ -1133,6 +1138,30 @@ impl ApprovalService {
     pub async fn inbox(&self, guardian: &str) -> Result<Vec<ApprovalRecord>, ApprovalError> {
         self.sweep().await?;
         Ok(rows::pending_for_guardian(&self.db, guardian).await?)
+    }
+
+    /// The requests of `guardian`'s actors that a guardian settled or that timed out, newest
+    /// first (at most `limit`).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn history(
+        &self,
+        guardian: &str,
+        limit: u32,
+    ) -> Result<Vec<ApprovalRecord>, ApprovalError> {
+        Ok(rows::settled_for_guardian(&self.db, guardian, limit).await?)
+    }
+
+    /// The actors `guardian` guards: (vendor, actor, context tags).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn guarded_by(
+        &self,
+        guardian: &str,
+    ) -> Result<Vec<(String, String, Vec<String>)>, ApprovalError> {
+        Ok(directory::guarded_by(&self.db, guardian).await?)
     }
 
     /// Settles every pending request past its expiry as timed out (what the sweeper runs);

@@ -301,3 +301,79 @@ pub async fn put_overrides(
         version,
     }))
 }
+
+/// How many settled requests to show.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// At most this many (default 50, at most 500).
+    pub limit: Option<u32>,
+}
+
+/// The requests of this guardian's devices that a guardian decided or that timed out, newest
+/// first: what the console's history shows (each has a receipt).
+#[utoipa::path(get, path = "/v1/inbox/history", tag = "guardian", params(HistoryQuery),
+    security(("guardian_session" = [])), responses((status = 200, body = Vec<ApprovalView>)))]
+pub async fn history(
+    State(state): State<AppState>,
+    guardian: Guardian,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Vec<ApprovalView>>, ApiError> {
+    let Query(query) = query?;
+    let now = state.clock.now_ms();
+    let records = state
+        .approvals
+        .history(&guardian.id, query.limit.unwrap_or(50).clamp(1, 500))
+        .await
+        .map_err(|e| approval_error(e, |r| ApprovalView::of(r, Audience::Others, now)))?;
+    Ok(Json(
+        records
+            .iter()
+            .map(|r| ApprovalView::of(r, Audience::Others, now))
+            .collect(),
+    ))
+}
+
+/// A device this guardian guards, with its overrides.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GuardedActorView {
+    pub vendor: String,
+    pub actor: String,
+    pub context_tags: Vec<String>,
+    /// 0 when none were set.
+    pub overrides_version: u32,
+    #[schema(value_type = Object)]
+    pub overrides: Value,
+}
+
+/// The devices this guardian guards.
+#[utoipa::path(get, path = "/v1/guardian/actors", tag = "guardian", security(("guardian_session" = [])),
+    responses((status = 200, body = Vec<GuardedActorView>)))]
+pub async fn actors(
+    State(state): State<AppState>,
+    guardian: Guardian,
+) -> Result<Json<Vec<GuardedActorView>>, ApiError> {
+    let map = |e| approval_error(e, |r| ApprovalView::of(r, Audience::Others, 0));
+    let mut out = Vec::new();
+    for (vendor, actor, context_tags) in state
+        .approvals
+        .guarded_by(&guardian.id)
+        .await
+        .map_err(map)?
+    {
+        let (version, overrides) = state
+            .approvals
+            .overrides(&vendor, &actor)
+            .await
+            .map_err(map)?;
+        out.push(GuardedActorView {
+            overrides: serde_json::from_str(&OverridesDoc::from_overrides(&overrides).to_json())
+                .unwrap_or(Value::Null),
+            overrides_version: version,
+            vendor,
+            actor,
+            context_tags,
+        });
+    }
+    Ok(Json(out))
+}

@@ -5,7 +5,8 @@
 //! - [`guardian`]: inbox, its stream, decisions, overrides;
 //! - [`vendor`]: policy, actors and tokens, plugins, webhook, flags;
 //! - [`platform`]: vendors, the audit log, plugin health, flags;
-//! - [`public`]: JWKS, health, metrics, the OpenAPI document;
+//! - [`public`]: JWKS, health, metrics, the OpenAPI document, who-am-I;
+//! - [`console`]: the web console's assets, built into the binary;
 //! - [`mcp`]: the MCP server for LLM agents;
 //! - [`webhooks`]: signed deliveries to vendors' guardian apps;
 //! - [`auth`], [`error`], [`views`], [`metrics`]: the boundary's machinery.
@@ -14,6 +15,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod guardian;
 pub mod mcp;
@@ -79,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         // guardians
         .route("/v1/inbox", get(guardian::inbox))
         .route("/v1/inbox/stream", get(guardian::stream))
+        .route("/v1/inbox/history", get(guardian::history))
+        .route("/v1/guardian/actors", get(guardian::actors))
         .route("/v1/approvals/{id}/decision", post(guardian::decide))
         .route(
             "/v1/actors/{actor}/overrides",
@@ -132,12 +136,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/plugins", get(platform::plugins))
         .route("/v1/audit/flags", get(platform::flags))
         // anyone
+        .route("/v1/whoami", get(public::whoami))
         .route("/.well-known/jwks.json", get(public::jwks))
         .route("/.well-known/audit-log-key", get(public::audit_key))
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .route("/metrics", get(public::metrics))
         .route("/openapi.json", get(public::openapi))
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .layer(json_limit);
     let uploads = Router::new()
         .route("/v1/vendor/plugins", post(vendor::upload_plugin))

@@ -33,6 +33,58 @@ pub async fn audit_key(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Who the credentials belong to.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    /// `admin`, `vendor`, `agent` or `guardian`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// A guardian's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guardian: Option<String>,
+    /// When a guardian's session ends (milliseconds since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// Who the presented credentials belong to (the console uses it to pick its view).
+#[utoipa::path(get, path = "/v1/whoami", tag = "public",
+    security(("admin_token" = []), ("vendor_key" = []), ("agent_token" = []), ("guardian_session" = [])),
+    responses((status = 200, body = WhoAmI), (status = 401, body = super::error::ErrorBody)))]
+pub async fn whoami(super::auth::Caller(caller): super::auth::Caller) -> Json<WhoAmI> {
+    use crate::access::Principal;
+    let none = WhoAmI {
+        kind: "admin",
+        vendor: None,
+        actor: None,
+        guardian: None,
+        expires_at: None,
+    };
+    Json(match caller {
+        Principal::Admin => none,
+        Principal::Vendor { vendor } => WhoAmI {
+            kind: "vendor",
+            vendor: Some(vendor),
+            ..none
+        },
+        Principal::Agent { vendor, actor } => WhoAmI {
+            kind: "agent",
+            vendor: Some(vendor),
+            actor: Some(actor),
+            ..none
+        },
+        Principal::Guardian { id, expires_at_ms } => WhoAmI {
+            kind: "guardian",
+            guardian: Some(id),
+            expires_at: Some(expires_at_ms),
+            ..none
+        },
+    })
+}
+
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "public", responses((status = 200)))]
 pub async fn healthz() -> &'static str {
@@ -116,6 +168,7 @@ impl Modify for Security {
         super::agent::request, super::agent::get, super::agent::events, super::agent::receipt,
         super::guardian::inbox, super::guardian::stream, super::guardian::decide,
         super::guardian::get_overrides, super::guardian::put_overrides,
+        super::guardian::history, super::guardian::actors, whoami,
         super::vendor::get_policy, super::vendor::put_policy, super::vendor::register_actor,
         super::vendor::get_actor, super::vendor::issue_token, super::vendor::revoke_tokens,
         super::vendor::list_plugins, super::vendor::upload_plugin, super::vendor::activate,

@@ -584,6 +584,7 @@ pub struct ReplayView {
     pub plugin: String,
     pub version: u32,
     pub compared: u32,
+    /// Requests the plugin ran on where this version decides differently (or fails).
     pub verdicts_changed: u32,
     pub outcomes_changed: u32,
     pub failures: u32,
@@ -614,10 +615,7 @@ pub async fn replay(
     let changed = replay
         .items
         .into_iter()
-        .filter(|i| {
-            i.outcome_before != i.outcome_after
-                || i.recorded.as_ref().map(|r| r.0) != i.replayed.as_ref().ok().map(|v| v.0)
-        })
+        .filter(|i| i.outcome_before != i.outcome_after || i.verdict_changed)
         .map(|i| {
             let (decision, rule, reason, error) = match i.replayed {
                 Ok((d, rule, reason)) => (

@@ -758,3 +758,26 @@ pub async fn pending_for_guardian(
     .map(record_of)
     .collect()
 }
+
+/// The settled requests (decided by a guardian or timed out) of the actors `guardian` guards,
+/// newest decision first, at most `limit`.
+///
+/// # Errors
+/// A database failure or a corrupt row.
+pub async fn settled_for_guardian(
+    db: &Db,
+    guardian: &str,
+    limit: u32,
+) -> Result<Vec<ApprovalRecord>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT a.* FROM approvals a JOIN actor_guardians g ON g.vendor = a.vendor AND g.actor = a.actor
+         WHERE g.guardian = $1 AND a.decision_method IN ('human', 'timeout')
+         ORDER BY a.decided_at_ms DESC, a.id LIMIT {limit}"
+    ))
+    .bind(guardian)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(record_of)
+    .collect()
+}

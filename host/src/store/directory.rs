@@ -297,3 +297,32 @@ pub async fn vendors(db: &Db) -> Result<Vec<(String, String, u64)>, StoreError> 
         })
         .collect()
 }
+
+/// The actors `guardian` guards: (vendor, actor, context tags), by vendor and actor.
+///
+/// # Errors
+/// A database failure or corrupt stored tags.
+pub async fn guarded_by(
+    db: &Db,
+    guardian: &str,
+) -> Result<Vec<(String, String, Vec<String>)>, StoreError> {
+    sqlx::query(
+        "SELECT a.vendor, a.id, a.context_tags FROM actors a
+         JOIN actor_guardians g ON g.vendor = a.vendor AND g.actor = a.id
+         WHERE g.guardian = $1 ORDER BY a.vendor, a.id",
+    )
+    .bind(guardian)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(|r| {
+        let tags: String = r.try_get("context_tags")?;
+        Ok((
+            r.try_get("vendor")?,
+            r.try_get("id")?,
+            serde_json::from_str(&tags)
+                .map_err(|e| StoreError::Corrupt(format!("actor tags: {e}")))?,
+        ))
+    })
+    .collect()
+}

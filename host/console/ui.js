@@ -1,0 +1,156 @@
+// Small DOM helpers shared by the views: building elements, money and time in words, dialogs,
+// announcements for screen readers, and bar charts drawn as SVG.
+
+/** Creates an element: `h("button", {class: "good", onclick}, "Approve")`. */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "class") el.className = value;
+    else if (value === true) el.setAttribute(key, "");
+    else el.setAttribute(key, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+const SYMBOLS = { CNY: "¥", JPY: "¥", USD: "$", EUR: "€", GBP: "£" };
+const DIGITS = { JPY: 0, KRW: 0 };
+
+/** The number of minor units in one major unit of `currency`. */
+export function minorPerMajor(currency) {
+  return 10 ** (DIGITS[currency] ?? 2);
+}
+
+/** `{minor_units: 60000, currency: "CNY"}` as "¥600.00". */
+export function money(m) {
+  if (!m) return "";
+  const digits = DIGITS[m.currency] ?? 2;
+  const major = (m.minor_units / 10 ** digits).toFixed(digits);
+  const symbol = SYMBOLS[m.currency];
+  return symbol ? `${symbol}${major}` : `${major} ${m.currency}`;
+}
+
+/** Major units typed by a person ("600", "600.00", "¥600") as minor units, or null. */
+export function parseMajor(text, currency) {
+  const cleaned = String(text).replace(/[^0-9.]/g, "");
+  if (!/^\d+(\.\d+)?$/.test(cleaned)) return null;
+  const digits = DIGITS[currency] ?? 2;
+  const [whole, frac = ""] = cleaned.split(".");
+  if (frac.length > digits) return null;
+  return Number(whole) * 10 ** digits + Number(frac.padEnd(digits, "0") || 0);
+}
+
+/** A timestamp (ms) as a local date and time. */
+export function when(ms) {
+  return ms ? new Date(ms).toLocaleString() : "";
+}
+
+/** Milliseconds as "4:59" or "1 h 02 min". */
+export function left(ms) {
+  if (ms <= 0) return "expired";
+  const s = Math.floor(ms / 1000);
+  if (s >= 3600) return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+/** Tells screen readers. */
+export function announce(text) {
+  const status = document.getElementById("status");
+  if (status) status.textContent = text;
+}
+
+/**
+ * Opens a modal dialog built by `build(close)`; resolves with what `close(value)` was given
+ * (undefined when dismissed with Escape or Cancel).
+ */
+export function dialog(title, build) {
+  return new Promise((resolve) => {
+    const id = "dlg-" + Math.random().toString(36).slice(2);
+    const d = h("dialog", { "aria-labelledby": id });
+    let settled = false;
+    const close = (value) => {
+      if (settled) return;
+      settled = true;
+      d.close();
+      d.remove();
+      resolve(value);
+    };
+    d.append(h("h2", { id }, title), build(close));
+    d.addEventListener("close", () => close(undefined));
+    document.body.append(d);
+    d.showModal();
+  });
+}
+
+/** A labelled input; returns [label, input]. */
+export function field(label, attrs = {}) {
+  const id = "f-" + Math.random().toString(36).slice(2);
+  const input = h(attrs.multiline ? "textarea" : "input", { id, ...attrs, multiline: undefined });
+  return [h("label", { for: id }, label), input];
+}
+
+const COLORS = { allow: "#1f7a3a", escalate: "#b86e00", deny: "#b3261e", error: "#5b5f6b" };
+
+/**
+ * Horizontal stacked bars, one per row: `rows = [{label, parts: {allow, escalate, deny, error}}]`.
+ * The chart has a text alternative; the legend names the colours.
+ */
+export function mixChart(rows, title) {
+  const width = 320;
+  const rowHeight = 26;
+  const labelWidth = 96;
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${rows.length * rowHeight + 4}`);
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("role", "img");
+  const summary = rows
+    .map((r) => `${r.label}: ${Object.entries(r.parts).map(([k, v]) => `${v} ${k}`).join(", ")}`)
+    .join("; ");
+  svg.setAttribute("aria-label", `${title}. ${summary}`);
+  rows.forEach((r, i) => {
+    const total = Object.values(r.parts).reduce((a, b) => a + b, 0);
+    const y = i * rowHeight + 2;
+    const text = document.createElementNS(svgNS, "text");
+    text.setAttribute("x", "0");
+    text.setAttribute("y", String(y + 16));
+    text.setAttribute("font-size", "12");
+    text.setAttribute("fill", "#14161a");
+    text.textContent = r.label;
+    svg.append(text);
+    let x = labelWidth;
+    for (const [kind, count] of Object.entries(r.parts)) {
+      if (!total || !count) continue;
+      const w = ((width - labelWidth) * count) / total;
+      const rect = document.createElementNS(svgNS, "rect");
+      rect.setAttribute("x", String(x));
+      rect.setAttribute("y", String(y + 3));
+      rect.setAttribute("width", String(Math.max(w, 1)));
+      rect.setAttribute("height", String(rowHeight - 8));
+      rect.setAttribute("fill", COLORS[kind] || "#888");
+      svg.append(rect);
+      x += w;
+    }
+  });
+  const legend = h(
+    "ul",
+    { class: "legend", "aria-hidden": "true" },
+    Object.keys(COLORS).map((k) => h("li", {}, h("span", { class: `swatch s-${k}` }), k)),
+  );
+  return h("figure", { style: undefined }, svg, legend);
+}
+
+/** A status as a coloured badge. */
+export function statusBadge(status) {
+  const kind = {
+    allowed: "ok", approved: "ok", revised: "ok",
+    denied: "bad", timed_out: "bad", rate_limited: "bad",
+    pending: "warn", active: "ok", shadow: "warn", inactive: "plain",
+  }[status] || "plain";
+  return h("span", { class: `badge ${kind}` }, status.replace("_", " "));
+}
