@@ -145,6 +145,47 @@ export function mixChart(rows, title) {
   return h("figure", { style: undefined }, svg, legend);
 }
 
+/**
+ * Horizontal bars of absolute values: `rows = [{label, value}]`, scaled to the largest, each
+ * labelled with its value and `unit`. The chart has a text alternative.
+ */
+export function barChart(rows, title, unit) {
+  const width = 320;
+  const rowHeight = 24;
+  const labelWidth = 96;
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${rows.length * rowHeight + 4}`);
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `${title}. ${rows.map((r) => `${r.label}: ${r.value} ${unit}`).join("; ")}`);
+  const max = Math.max(1, ...rows.map((r) => r.value));
+  rows.forEach((r, i) => {
+    const y = i * rowHeight + 2;
+    const label = document.createElementNS(svgNS, "text");
+    label.setAttribute("x", "0");
+    label.setAttribute("y", String(y + 15));
+    label.setAttribute("font-size", "12");
+    label.setAttribute("fill", "#14161a");
+    label.textContent = r.label;
+    const w = Math.max(((width - labelWidth - 64) * r.value) / max, r.value ? 1 : 0);
+    const rect = document.createElementNS(svgNS, "rect");
+    rect.setAttribute("x", String(labelWidth));
+    rect.setAttribute("y", String(y + 3));
+    rect.setAttribute("width", String(w));
+    rect.setAttribute("height", String(rowHeight - 8));
+    rect.setAttribute("fill", "#0b57d0");
+    const value = document.createElementNS(svgNS, "text");
+    value.setAttribute("x", String(labelWidth + w + 4));
+    value.setAttribute("y", String(y + 15));
+    value.setAttribute("font-size", "12");
+    value.setAttribute("fill", "#14161a");
+    value.textContent = `${r.value} ${unit}`;
+    svg.append(label, rect, value);
+  });
+  return h("figure", {}, h("figcaption", { class: "hint" }, title), svg);
+}
+
 /** A status as a coloured badge. */
 export function statusBadge(status) {
   const kind = {

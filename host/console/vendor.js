@@ -3,7 +3,7 @@
 // requests, and the policy template editor.
 
 import { call, get, post, put } from "/console/api.js";
-import { announce, h, mixChart, statusBadge, when } from "/console/ui.js";
+import { announce, barChart, h, mixChart, statusBadge, when } from "/console/ui.js";
 
 export function vendorView(root, me) {
   const tabs = {
@@ -113,9 +113,16 @@ export function vendorView(root, me) {
           label: `v${v.version} ${v.state}`,
           parts: { allow: v.stats.allow, escalate: v.stats.escalate, deny: v.stats.deny, error: v.stats.errors },
         })), `Verdicts of ${name} by version`);
+        const times = list.filter((v) => v.stats.p50_us !== undefined).flatMap((v) => [
+          { label: `v${v.version} p50`, value: v.stats.p50_us },
+          { label: `v${v.version} p99`, value: v.stats.p99_us },
+        ]);
         body.append(h("article", { class: "card", "data-plugin": name },
           h("h3", {}, name),
           chart,
+          barChart(list.map((v) => ({ label: `v${v.version}`, value: v.stats.calls })), `Calls of ${name} by version`, "calls"),
+          barChart(list.map((v) => ({ label: `v${v.version}`, value: v.stats.errors })), `Errors of ${name} by version`, "errors"),
+          times.length ? barChart(times, `Call time of ${name} (median and 99th percentile)`, "µs") : null,
           h("ul", { class: "list" }, list.slice().reverse().map(versionRow)),
           h("div", { class: "actions" }, h("button", { type: "button", class: "secondary", onclick: () => lifecycle(`/v1/vendor/plugins/${encodeURIComponent(name)}/rollback`, "rolled back") }, `Roll back ${name}`))));
       }

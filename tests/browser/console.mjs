@@ -208,7 +208,8 @@ async function vendor() {
   await page.locator("#main").getByText("velocity@1 is now active (rolled back).").waitFor();
   await page.locator('li[data-version="velocity@1"] .badge', { hasText: "active" }).waitFor();
   await page.locator('li[data-version="velocity@2"] .badge', { hasText: "inactive" }).waitFor();
-  await page.locator('article[data-plugin="velocity"] svg[role="img"]').waitFor();
+  await page.getByRole("img", { name: /^Verdicts of velocity by version/ }).waitFor();
+  await page.getByRole("img", { name: /^Call time of velocity/ }).waitFor();
 
   // A replay of a version over past requests.
   await page.locator('li[data-version="velocity@2"]').getByRole("button", { name: "Replay velocity@2", exact: true }).click();
