@@ -10,6 +10,7 @@
 //! Lifetimes: [`Access`] is process-wide. It knows nothing of HTTP: the API hands it the bearer
 //! credential and gets a [`Principal`] back.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -20,6 +21,7 @@ use jwt_compact::{AlgorithmExt as _, Claims, Header, UntrustedToken};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::store::cache::{Cached, Topic};
 use crate::store::{Db, StoreError, credentials};
 
 /// The prefix of vendor API keys.
@@ -259,16 +261,23 @@ pub struct Access {
     admin_token: Option<String>,
     /// Every issuer whose guardian sessions are accepted.
     sessions: Vec<SessionVerifier>,
+    /// Vendors and actors by the SHA-256 of their credential, while none is revoked.
+    known: Arc<Cached<String, Principal>>,
 }
+
+/// The most credentials cached.
+const CACHED_CREDENTIALS: usize = 200_000;
 
 impl Access {
     /// Credentials over `db`, the admin token of the configuration, guardian sessions checked
     /// by any of `sessions`.
     pub fn new(db: Db, admin_token: Option<&str>, sessions: Vec<SessionVerifier>) -> Self {
+        let known = Arc::new(Cached::new(Arc::clone(db.versions()), CACHED_CREDENTIALS));
         Self {
             db,
             admin_token: admin_token.filter(|t| !t.is_empty()).map(sha256_hex),
             sessions,
+            known,
         }
     }
 
@@ -346,16 +355,23 @@ impl Access {
         {
             return Ok(Principal::Admin);
         }
-        if credential.starts_with(VENDOR_KEY_PREFIX) {
-            return credentials::vendor_of_key(&self.db, &sha256_hex(credential))
+        if credential.starts_with(VENDOR_KEY_PREFIX) || credential.starts_with(AGENT_TOKEN_PREFIX) {
+            let hash = sha256_hex(credential);
+            let load = async {
+                Ok::<_, StoreError>(if credential.starts_with(VENDOR_KEY_PREFIX) {
+                    credentials::vendor_of_key(&self.db, &hash)
+                        .await?
+                        .map(|vendor| Principal::Vendor { vendor })
+                } else {
+                    credentials::actor_of_token(&self.db, &hash)
+                        .await?
+                        .map(|(vendor, actor)| Principal::Agent { vendor, actor })
+                })
+            };
+            return self
+                .known
+                .get_or_load(&hash, &Topic::Credentials, load)
                 .await?
-                .map(|vendor| Principal::Vendor { vendor })
-                .ok_or(AccessError::Unknown);
-        }
-        if credential.starts_with(AGENT_TOKEN_PREFIX) {
-            return credentials::actor_of_token(&self.db, &sha256_hex(credential))
-                .await?
-                .map(|(vendor, actor)| Principal::Agent { vendor, actor })
                 .ok_or(AccessError::Unknown);
         }
         if credential.matches('.').count() == 2 {

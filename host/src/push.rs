@@ -4,6 +4,9 @@
 //! other replicas are read back from the database and published here. A guardian connected to
 //! any replica hears of a request made on any other.
 //!
+//! The same listener hears which cached settings other replicas changed (see
+//! [`crate::store::cache`]); caching waits until it listens, and stops while it cannot.
+//!
 //! Lifetimes: the relay tasks are process-wide and run until aborted.
 
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::approvals::{ApprovalEvent, ApprovalService, Origin};
+use crate::store::cache::Topic;
 use crate::store::{Db, events};
 
 /// What a replica announces: which approval changed, and who says so.
@@ -65,24 +69,41 @@ pub fn spawn(
         }
     });
     let (service, url) = (Arc::clone(service), url.to_owned());
+    let versions = Arc::clone(db.versions());
     let listener = tokio::spawn(async move {
         loop {
             let mut listener = match events::listen(&url).await {
                 Ok(listener) => listener,
                 Err(e) => {
+                    versions.forget_all(false);
                     tracing::warn!(error = %e, "listening for other replicas' events failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
+            // Changes made while nobody listened went unheard: start afresh, and cache again.
+            versions.forget_all(true);
             loop {
-                let notification = match listener.recv().await {
-                    Ok(notification) => notification,
+                let notification = match listener.try_recv().await {
+                    Ok(Some(notification)) => notification,
+                    Ok(None) => {
+                        // The connection dropped and came back: what was said meanwhile is lost.
+                        versions.forget_all(true);
+                        continue;
+                    }
                     Err(e) => {
+                        versions.forget_all(false);
                         tracing::warn!(error = %e, "the event listener's connection dropped; reconnecting");
                         break;
                     }
                 };
+                if notification.channel() == events::CHANGES {
+                    match serde_json::from_str::<Topic>(notification.payload()) {
+                        Ok(topic) => versions.bump(topic),
+                        Err(_) => versions.forget_all(true),
+                    }
+                    continue;
+                }
                 let Ok(announcement) = serde_json::from_str::<Announcement>(notification.payload())
                 else {
                     continue;

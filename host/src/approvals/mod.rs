@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::audit::{AuditLog, Audited, Scope, events};
+use crate::audit::{AuditLog, Audited, BulkItem, BulkOutcomes, Scope, events};
 use crate::canonical::{self, CanonicalError};
 use crate::clock::Clock;
 use crate::plugin::registry::PluginRegistry;
@@ -22,6 +22,7 @@ use crate::policy::document::{OverridesDoc, TemplateDoc};
 use crate::policy::{self, ActorOverrides, Assessment, PluginVerdict, PolicyError, PolicyTemplate};
 use crate::risk::{Action, ClassifyInput, Decision, RiskRequest};
 use crate::store::approvals::{self as rows, Inserted, Settlement};
+use crate::store::cache::{Cached, Topic};
 use crate::store::directory::{self, ActorRow, DocumentKind, DocumentVersion};
 use crate::store::{Db, StoreError, plugin_stats};
 use crate::token::{CapabilityClaims, DecisionMethod, Grant, TokenError, TokenIssuer};
@@ -214,7 +215,20 @@ pub struct ApprovalService {
     config: ApprovalConfig,
     /// Fan-out of events to the push streams; a slow listener loses old events, never blocks.
     events: broadcast::Sender<ApprovalEvent>,
+    /// What every request reads and hardly anything changes (see [`crate::store::cache`]).
+    cached: Settings,
 }
+
+/// Cached settings: actors' device tags and overrides, vendors' templates.
+struct Settings {
+    tags: Cached<(String, String), Vec<String>>,
+    templates: Cached<String, (u32, PolicyTemplate)>,
+    overrides: Cached<(String, String), (u32, ActorOverrides)>,
+}
+
+/// The most actors and vendors whose settings are cached.
+const CACHED_ACTORS: usize = 200_000;
+const CACHED_VENDORS: usize = 10_000;
 
 impl std::fmt::Debug for ApprovalService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -222,9 +236,16 @@ impl std::fmt::Debug for ApprovalService {
     }
 }
 
+/// A new id: `<prefix>_` and 32 hex digits, the first 12 the time in milliseconds and the
+/// rest 80 random bits. Ids made later sort later, so new rows land at the end of the indexes
+/// on them (random ids would scatter every insert over the whole index).
 fn new_id(prefix: &str) -> String {
     use rand::RngExt as _;
-    format!("{prefix}_{:032x}", rand::rng().random::<u128>())
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let random = rand::rng().random::<u128>() & ((1 << 80) - 1);
+    format!("{prefix}_{:012x}{random:020x}", now_ms & 0xffff_ffff_ffff)
 }
 
 /// One past request as a plugin version judges it again.
@@ -273,10 +294,65 @@ pub const SWEEP_BATCH: u32 = 1_000;
 
 /// What storing a new request's record did.
 enum NewRecord {
-    Stored(Box<ApprovalRecord>),
+    /// Stored, with the volume flag it raised, if any.
+    Stored(Box<ApprovalRecord>, Option<rows::Flag>),
     /// An identical request, or one with the same idempotency key, got there first; the record
     /// (as it was before any change) is handed back for another attempt.
     Conflict(Box<ApprovalRecord>),
+}
+
+// The history's day covers every request that can still be pending (see `request`).
+const _: () = assert!(policy::TTL_RANGE.1.as_secs() * 1000 <= 24 * rows::RATE_WINDOW_MS);
+
+/// An answered request's record on its way to [`write_answered`], with the volume flag it
+/// raises unless the actor has one from the last hour.
+struct AnsweredItem {
+    record: ApprovalRecord,
+    volume: Option<rows::Flag>,
+}
+
+/// Writes the answered requests of a batch: their records and plugin calls in multi-row
+/// inserts, a volume flag where due, and their entries. A record a unique index refuses comes
+/// back as [`NewRecord::Conflict`] with nothing written.
+fn write_answered(conn: &mut sqlx::AnyConnection, items: Vec<BulkItem>) -> BulkOutcomes<'_> {
+    Box::pin(async move {
+        let items = items
+            .into_iter()
+            .map(|item| {
+                item.downcast::<AnsweredItem>()
+                    .map(|item| *item)
+                    .map_err(|_| StoreError::Corrupt("an answered request of another type".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let records: Vec<&ApprovalRecord> = items.iter().map(|i| &i.record).collect();
+        let stored = rows::insert_answered(conn, &records).await?;
+        let kept: Vec<&ApprovalRecord> = records
+            .iter()
+            .zip(&stored)
+            .filter_map(|(record, stored)| stored.then_some(*record))
+            .collect();
+        plugin_stats::insert_calls(conn, &kept).await?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (AnsweredItem { record, volume }, stored) in items.into_iter().zip(stored) {
+            if !stored {
+                let refused: Box<dyn std::any::Any + Send> =
+                    Box::new(NewRecord::Conflict(Box::new(record)));
+                outcomes.push(Audited::nothing(refused));
+                continue;
+            }
+            let flag = match volume {
+                Some(flag) if rows::raise_flag(conn, &flag).await? => Some(flag),
+                _ => None,
+            };
+            let recorded = events::request(&record, None);
+            outcomes.push(Audited {
+                value: Box::new(NewRecord::Stored(Box::new(record), flag)),
+                entries: recorded.entries,
+                payloads: recorded.payloads,
+            });
+        }
+        Ok(outcomes)
+    })
 }
 
 /// `record` refused because its actor has had `limit` requests for a guardian this hour.
@@ -323,6 +399,12 @@ impl ApprovalService {
         clock: Arc<dyn Clock>,
         config: ApprovalConfig,
     ) -> Self {
+        let versions = db.versions();
+        let cached = Settings {
+            tags: Cached::new(Arc::clone(versions), CACHED_ACTORS),
+            templates: Cached::new(Arc::clone(versions), CACHED_VENDORS),
+            overrides: Cached::new(Arc::clone(versions), CACHED_ACTORS),
+        };
         Self {
             db,
             audit,
@@ -331,6 +413,7 @@ impl ApprovalService {
             clock,
             config,
             events: broadcast::channel(1024).0,
+            cached,
         }
     }
 
@@ -484,6 +567,11 @@ impl ApprovalService {
             Some(actor) => Scope::actor(vendor, actor),
             None => Scope::Vendor(vendor.to_owned()),
         };
+        let topic = match actor {
+            Some(actor) => DocumentKind::Overrides { vendor, actor },
+            None => DocumentKind::Template { vendor },
+        }
+        .topic();
         let (vendor, actor, changed_by) = (
             vendor.to_owned(),
             actor.map(str::to_owned),
@@ -511,6 +599,7 @@ impl ApprovalService {
                 })
             })
             .await?;
+        self.db.changed(topic).await;
         Ok(committed.value)
     }
 
@@ -520,13 +609,20 @@ impl ApprovalService {
     /// A database failure, or a stored template that no longer validates.
     pub async fn template(&self, vendor: &str) -> Result<(u32, PolicyTemplate), ApprovalError> {
         let platform_max = self.plugins.runtime().config().platform_max;
-        match self.template_versions(vendor, 1).await?.into_iter().next() {
-            Some(v) => Ok((
-                v.version,
-                TemplateDoc::parse(&v.document)?.to_template(&platform_max)?,
-            )),
-            None => Ok((0, PolicyTemplate::default())),
-        }
+        let load = async {
+            Ok::<_, ApprovalError>(Some(
+                match self.template_versions(vendor, 1).await?.into_iter().next() {
+                    Some(v) => (
+                        v.version,
+                        TemplateDoc::parse(&v.document)?.to_template(&platform_max)?,
+                    ),
+                    None => (0, PolicyTemplate::default()),
+                },
+            ))
+        };
+        let (key, topic) = (vendor.to_owned(), Topic::Vendor(vendor.to_owned()));
+        let cached = self.cached.templates.get_or_load(&key, &topic, load);
+        Ok(cached.await?.unwrap_or_default())
     }
 
     /// The vendor's template versions, newest first.
@@ -573,14 +669,21 @@ impl ApprovalService {
         actor: &str,
     ) -> Result<(u32, ActorOverrides), ApprovalError> {
         let kind = DocumentKind::Overrides { vendor, actor };
-        match directory::documents(&self.db, kind, 1)
-            .await?
-            .into_iter()
-            .next()
-        {
-            Some(v) => Ok((v.version, OverridesDoc::parse(&v.document)?.to_overrides())),
-            None => Ok((0, ActorOverrides::default())),
-        }
+        let load = async {
+            Ok::<_, ApprovalError>(Some(
+                match directory::documents(&self.db, kind, 1)
+                    .await?
+                    .into_iter()
+                    .next()
+                {
+                    Some(v) => (v.version, OverridesDoc::parse(&v.document)?.to_overrides()),
+                    None => (0, ActorOverrides::default()),
+                },
+            ))
+        };
+        let (key, topic) = ((vendor.to_owned(), actor.to_owned()), kind.topic());
+        let cached = self.cached.overrides.get_or_load(&key, &topic, load);
+        Ok(cached.await?.unwrap_or_default())
     }
 
     // ---- the lifecycle ----------------------------------------------------------------------
@@ -594,8 +697,10 @@ impl ApprovalService {
         let action =
             action::parse(&new.action, &new.params).map_err(ApprovalError::InvalidRequest)?;
         let params_hash = canonical::params_hash(&new.params)?;
-        let Some(context_tags) = directory::context_tags(&self.db, &new.vendor, &new.actor).await?
-        else {
+        let key = (new.vendor.clone(), new.actor.clone());
+        let tags = directory::context_tags(&self.db, &new.vendor, &new.actor);
+        let topic = Topic::actor(&new.vendor, &new.actor);
+        let Some(context_tags) = self.cached.tags.get_or_load(&key, &topic, tags).await? else {
             return Err(ApprovalError::UnknownActor);
         };
         if let Some(key) = &new.idempotency_key {
@@ -608,15 +713,18 @@ impl ApprovalService {
                 return Ok(found);
             }
         }
-        if let Some(found) = self.join_pending(&new, &params_hash).await? {
+        let now = self.clock.now_ms();
+        let history = rows::history(&self.db, &new.vendor, &new.actor, now).await?;
+        // A pending request is at most a day old (the longest TTL), so one the history does not
+        // count cannot exist.
+        if history.pending > 0
+            && let Some(found) = self.join_pending(&new, &params_hash).await?
+        {
             return Ok(found);
         }
-
-        let now = self.clock.now_ms();
         let (policy_version, template) = self.template(&new.vendor).await?;
         let (_, overrides) = self.overrides(&new.vendor, &new.actor).await?;
         let effective = template.effective(&overrides);
-        let history = rows::history(&self.db, &new.vendor, &new.actor, now).await?;
         let id = new_id("apr");
         let input = ClassifyInput {
             request: RiskRequest {
@@ -671,12 +779,17 @@ impl ApprovalService {
         };
         // A unique index refusing the insert means an identical request got there first: answer
         // as if this one came second. If that request has meanwhile expired, try again.
+        let volume = self.volume_flag(&record, &input.history, now);
         let mut attempt = record;
         let mut stored = None;
         for _ in 0..4 {
-            match self.store_new(attempt, limit).await? {
-                NewRecord::Stored(record) => {
-                    stored = Some(*record);
+            let outcome = match limit {
+                None => self.store_answered(attempt, volume.clone()).await?,
+                Some(_) => self.store_new(attempt, limit, volume.clone()).await?,
+            };
+            match outcome {
+                NewRecord::Stored(record, flag) => {
+                    stored = Some((*record, flag));
                     break;
                 }
                 NewRecord::Conflict(record) => {
@@ -692,7 +805,7 @@ impl ApprovalService {
                 }
             }
         }
-        let record = stored.ok_or_else(|| {
+        let (record, flag) = stored.ok_or_else(|| {
             ApprovalError::Store(StoreError::Corrupt(
                 "an identical request kept winning the insert".into(),
             ))
@@ -701,7 +814,14 @@ impl ApprovalService {
             let notice = self.notice(record.clone(), Origin::Here).await?;
             self.publish(ApprovalEvent::Pending(notice));
         }
-        self.check_volume(&record, &input.history, now).await?;
+        if let Some(flag) = flag {
+            let guardians = directory::guardians(&self.db, &flag.vendor, &flag.actor).await?;
+            self.publish(ApprovalEvent::Flagged(Arc::new(Notice {
+                subject: flag,
+                guardians,
+                origin: Origin::Here,
+            })));
+        }
         Ok(Requested {
             record,
             relation: Relation::Created,
@@ -709,11 +829,13 @@ impl ApprovalService {
     }
 
     /// Stores a new request's record with its audit entries, in one transaction. Over the rate
-    /// limit, the record is stored as refused instead.
+    /// limit, the record is stored as refused instead. `volume` is raised in the same
+    /// transaction unless the actor already has a flag from the last hour.
     async fn store_new(
         &self,
         record: ApprovalRecord,
         limit: Option<u32>,
+        volume: Option<rows::Flag>,
     ) -> Result<NewRecord, ApprovalError> {
         let committed = self
             .audit
@@ -734,15 +856,36 @@ impl ApprovalService {
                             refused
                         }
                     };
-                    plugin_stats::insert_calls(conn, &record).await?;
+                    plugin_stats::insert_calls(conn, &[&record]).await?;
+                    let flag = match volume {
+                        Some(flag) if rows::raise_flag(conn, &flag).await? => Some(flag),
+                        _ => None,
+                    };
                     let recorded = events::request(&record, limit);
                     Ok(Audited {
-                        value: NewRecord::Stored(Box::new(record)),
+                        value: NewRecord::Stored(Box::new(record), flag),
                         entries: recorded.entries,
                         payloads: recorded.payloads,
                     })
                 })
             })
+            .await?;
+        Ok(committed.value)
+    }
+
+    /// Stores an answered request's record (allowed or denied: no rate-limit count to take)
+    /// with its audit entries. Concurrent answered requests share multi-row inserts: see
+    /// [`write_answered`].
+    async fn store_answered(
+        &self,
+        record: ApprovalRecord,
+        volume: Option<rows::Flag>,
+    ) -> Result<NewRecord, ApprovalError> {
+        let scope = Scope::actor(&record.vendor, &record.actor);
+        let item = AnsweredItem { record, volume };
+        let committed = self
+            .audit
+            .commit_bulk(scope, "answered-requests", write_answered, item)
             .await?;
         Ok(committed.value)
     }
@@ -927,12 +1070,16 @@ impl ApprovalService {
         })
     }
 
-    async fn check_volume(
+    /// The volume flag `record` raises if this hour's requests (with it) stand out against the
+    /// actor's hourly baseline over the rest of the day (`before` is the history without it).
+    /// Deciding is free; raising it is one conditional insert in the record's transaction (on
+    /// the writer, so it never contends with it for SQLite's write lock).
+    fn volume_flag(
         &self,
         record: &ApprovalRecord,
         before: &crate::risk::History,
         now: u64,
-    ) -> Result<(), ApprovalError> {
+    ) -> Option<rows::Flag> {
         let last_hour = before.last_hour.requests.saturating_add(1);
         let earlier = before
             .last_day
@@ -942,36 +1089,16 @@ impl ApprovalService {
         if last_hour < self.config.flag_min_requests
             || last_hour < baseline.saturating_mul(self.config.flag_factor)
         {
-            return Ok(());
+            return None;
         }
-        let id = new_id("flag");
-        if rows::raise_flag(
-            &self.db,
-            &id,
-            &record.vendor,
-            &record.actor,
-            now,
+        Some(rows::Flag {
+            id: new_id("flag"),
+            vendor: record.vendor.clone(),
+            actor: record.actor.clone(),
+            raised_at_ms: now,
             last_hour,
-            baseline,
-        )
-        .await?
-        {
-            let flag = rows::Flag {
-                id,
-                vendor: record.vendor.clone(),
-                actor: record.actor.clone(),
-                raised_at_ms: now,
-                last_hour,
-                baseline_per_hour: baseline,
-            };
-            let guardians = directory::guardians(&self.db, &flag.vendor, &flag.actor).await?;
-            self.publish(ApprovalEvent::Flagged(Arc::new(Notice {
-                subject: flag,
-                guardians,
-                origin: Origin::Here,
-            })));
-        }
-        Ok(())
+            baseline_per_hour: baseline,
+        })
     }
 
     /// Runs `plugin` (any version, whatever its state) over the vendor's newest `limit` requests

@@ -169,12 +169,31 @@ type WriteFn = Box<
         + Send,
 >;
 
+/// Writes the items of many jobs of one kind together (multi-row statements) in the batch's
+/// transaction, and returns one outcome per item, in order: its value, entries and payloads. An
+/// item it refuses (a unique conflict, say) must have written nothing and comes back with no
+/// entries. An `Err` undoes the whole group (it runs in a savepoint) and fails its jobs.
+pub type BulkFn = for<'c> fn(&'c mut AnyConnection, Vec<BulkItem>) -> BulkOutcomes<'c>;
+
+/// One job's item for a [`BulkFn`], downcast by the function that knows its type.
+pub type BulkItem = Box<dyn Any + Send>;
+
+/// What a [`BulkFn`] returns: one outcome per item, in order.
+pub type BulkOutcomes<'c> = BoxFuture<'c, Result<Vec<Audited<BulkItem>>, StoreError>>;
+
 /// What a queued job does in the batch's transaction.
 enum Work {
     /// SQL of its own: run in a savepoint, so that its failure undoes only itself.
     Write(WriteFn),
     /// Entries alone: nothing can fail halfway, so no savepoint (and no round trips for one).
     Entries(Audited<Box<dyn Any + Send>>),
+    /// One item of a kind written in bulk: the batch's items of each kind go to their
+    /// [`BulkFn`] together, after the other writes.
+    Bulk {
+        kind: &'static str,
+        write: BulkFn,
+        item: Box<dyn Any + Send>,
+    },
 }
 
 /// Where a write's result goes: its value and the indexes of its entries, once committed.
@@ -340,6 +359,39 @@ impl AuditLog {
         let value = value
             .downcast::<T>()
             .map_err(|_| StoreError::Corrupt("audit writer returned another type".into()))?;
+        Ok(Committed {
+            value: *value,
+            entries,
+        })
+    }
+
+    /// Queues `item` to be written by `write` together with the other items of `kind` that
+    /// share its batch (one multi-row statement where [`Self::commit`] would run one per job),
+    /// and returns its outcome once durable. `write` must hand back values of type `T`.
+    ///
+    /// # Errors
+    /// The group's write or the commit failed (nothing of the item is stored), or
+    /// [`StoreError::Closed`].
+    pub async fn commit_bulk<I, T>(
+        &self,
+        scope: Scope,
+        kind: &'static str,
+        write: BulkFn,
+        item: I,
+    ) -> Result<Committed<T>, StoreError>
+    where
+        I: Send + 'static,
+        T: Send + 'static,
+    {
+        let work = Work::Bulk {
+            kind,
+            write,
+            item: Box::new(item),
+        };
+        let (value, entries) = self.submit(scope, work).await?;
+        let value = value
+            .downcast::<T>()
+            .map_err(|_| StoreError::Corrupt("a bulk write returned another type".into()))?;
         Ok(Committed {
             value: *value,
             entries,
@@ -709,9 +761,24 @@ async fn run_batch(db: &Db, mut batch: Vec<Job>) {
     let mut done: Vec<Done> = Vec::with_capacity(batch.len());
     let mut entries = Vec::new();
     let mut payloads = Vec::new();
+    let mut bulk: Vec<BulkGroup> = Vec::new();
     let mut jobs = batch.into_iter();
     while let Some(Job { work, reply, .. }) = jobs.next() {
-        match run_one(&mut tx, work).await {
+        let ran = match work {
+            Work::Bulk { kind, write, item } => {
+                match bulk.iter_mut().find(|g| g.kind == kind) {
+                    Some(group) => group.items.push((item, reply)),
+                    None => bulk.push(BulkGroup {
+                        kind,
+                        write,
+                        items: vec![(item, reply)],
+                    }),
+                }
+                continue;
+            }
+            work => run_one(&mut tx, work).await,
+        };
+        match ran {
             Ran::Done(out) => {
                 let start = entries.len();
                 entries.extend(out.entries);
@@ -722,15 +789,33 @@ async fn run_batch(db: &Db, mut batch: Vec<Job>) {
                 let _ = reply.send(Err(e));
             }
             Ran::Broken(e) => {
-                // The transaction is in an unknown state: nothing of this batch may commit.
-                tracing::error!(error = %e, "an audited write batch could not undo a failed write");
+                tracing::error!(error = %e, "an audited write could not be undone");
                 let _ = reply.send(Err(e));
-                let message = "the write batch was abandoned".to_owned();
-                let pending = done.into_iter().map(|d| d.0).chain(jobs.map(|j| j.reply));
-                for reply in pending {
+                return abandon(done, bulk, jobs.map(|j| j.reply));
+            }
+        }
+    }
+    let mut groups = bulk.into_iter();
+    while let Some(group) = groups.next() {
+        let (items, replies): (Vec<_>, Vec<_>) = group.items.into_iter().unzip();
+        match run_bulk(&mut tx, group.write, items).await {
+            BulkRan::Done(outs) => {
+                for (reply, out) in replies.into_iter().zip(outs) {
+                    let start = entries.len();
+                    entries.extend(out.entries);
+                    payloads.extend(out.payloads);
+                    done.push((reply, out.value, start..entries.len()));
+                }
+            }
+            BulkRan::Failed(e) => {
+                let message = e.to_string();
+                for reply in replies {
                     let _ = reply.send(Err(StoreError::BatchFailed(message.clone())));
                 }
-                return;
+            }
+            BulkRan::Broken(e) => {
+                tracing::error!(error = %e, "a bulk write could not be undone");
+                return abandon(done, groups.collect(), replies.into_iter());
             }
         }
     }
@@ -762,6 +847,71 @@ async fn run_batch(db: &Db, mut batch: Vec<Job>) {
     }
 }
 
+/// The items of one bulk kind in a batch, with where each outcome goes.
+struct BulkGroup {
+    kind: &'static str,
+    write: BulkFn,
+    items: Vec<(Box<dyn Any + Send>, Reply)>,
+}
+
+/// The transaction is in an unknown state: nothing of this batch may commit. Everyone still
+/// waiting hears so.
+fn abandon(done: Vec<Done>, bulk: Vec<BulkGroup>, pending: impl Iterator<Item = Reply>) {
+    tracing::error!("an audited write batch could not undo a failed write and was abandoned");
+    let message = "the write batch was abandoned".to_owned();
+    let waiting = done
+        .into_iter()
+        .map(|d| d.0)
+        .chain(
+            bulk.into_iter()
+                .flat_map(|g| g.items.into_iter().map(|i| i.1)),
+        )
+        .chain(pending);
+    for reply in waiting {
+        let _ = reply.send(Err(StoreError::BatchFailed(message.clone())));
+    }
+}
+
+/// How a bulk group went.
+enum BulkRan {
+    Done(Vec<Audited<Box<dyn Any + Send>>>),
+    /// Its savepoint was rolled back: the batch goes on.
+    Failed(StoreError),
+    /// Rolling back failed too: the whole batch must be abandoned.
+    Broken(StoreError),
+}
+
+/// Runs a bulk group in a savepoint.
+async fn run_bulk(
+    tx: &mut AnyConnection,
+    write: BulkFn,
+    items: Vec<Box<dyn Any + Send>>,
+) -> BulkRan {
+    let count = items.len();
+    let mut savepoint = match tx.begin().await {
+        Ok(savepoint) => savepoint,
+        Err(e) => return BulkRan::Broken(e.into()),
+    };
+    let written = match write(&mut savepoint, items).await {
+        Ok(outs) if outs.len() == count => Ok(outs),
+        Ok(outs) => Err(StoreError::Corrupt(format!(
+            "a bulk write of {count} items returned {} outcomes",
+            outs.len()
+        ))),
+        Err(e) => Err(e),
+    };
+    match written {
+        Ok(outs) => match savepoint.commit().await {
+            Ok(()) => BulkRan::Done(outs),
+            Err(e) => BulkRan::Broken(e.into()),
+        },
+        Err(e) => match savepoint.rollback().await {
+            Ok(()) => BulkRan::Failed(e),
+            Err(rollback) => BulkRan::Broken(rollback.into()),
+        },
+    }
+}
+
 /// How one write of a batch went.
 enum Ran {
     Done(Audited<Box<dyn Any + Send>>),
@@ -775,6 +925,9 @@ async fn run_one(tx: &mut AnyConnection, work: Work) -> Ran {
     let work = match work {
         Work::Entries(done) => return Ran::Done(done),
         Work::Write(work) => work,
+        Work::Bulk { .. } => {
+            return Ran::Failed(StoreError::Corrupt("a bulk item run on its own".into()));
+        }
     };
     let mut savepoint = match tx.begin().await {
         Ok(savepoint) => savepoint,

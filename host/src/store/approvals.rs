@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection as _, Row as _};
 
-use super::{Db, StoreError, i64_of, u64_of};
+use super::{Db, StoreError, i64_of, placeholders, u64_of};
 use crate::approvals::record::{
     ApprovalRecord, FiredRule, IssuedToken, Method, PluginRun, Provenance, Route, Status,
 };
@@ -264,54 +264,93 @@ fn record_of(row: &AnyRow) -> Result<ApprovalRecord, StoreError> {
     })
 }
 
-async fn insert_record(conn: &mut AnyConnection, r: &ApprovalRecord) -> Result<(), StoreError> {
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds `r`'s values in [`COLUMNS`] order.
+fn bind_record<'q>(query: AnyQuery<'q>, r: &ApprovalRecord) -> AnyQuery<'q> {
     let escalated = matches!(r.route, Route::HumanReview | Route::Revise)
         || matches!(
             r.status,
             Status::Pending | Status::Approved | Status::Revised | Status::TimedOut
         );
-    sqlx::query(&format!(
-        "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-         $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
-    ))
-    .bind(&r.id)
-    .bind(&r.vendor)
-    .bind(&r.actor)
-    .bind(r.idempotency_key.as_deref())
-    .bind(to_json(&ProvenanceJson {
-        surface: r.provenance.surface.clone(),
-        tool: r.provenance.tool.clone(),
-    }))
-    .bind(&r.action)
-    .bind(r.params.to_string())
-    .bind(&r.params_hash)
-    .bind(r.amount.as_ref().map(|m| i64_of(m.minor_units)))
-    .bind(r.amount.as_ref().map(|m| m.currency.clone()))
-    .bind(r.recipient.as_deref())
-    .bind(r.status.as_str())
-    .bind(r.route.as_str())
-    .bind(i64::from(escalated))
-    .bind(r.rule_fired.as_deref())
-    .bind(&r.reason)
-    .bind(rules_json(&r.rules))
-    .bind(plugins_json(&r.plugins))
-    .bind(r.counter_offer.as_ref().map(counter_offer_json))
-    .bind(i64::from(r.policy_version))
-    .bind(i64_of(r.created_at_ms))
-    .bind(r.expires_at_ms.map(i64_of))
-    .bind(r.decided_at_ms.map(i64_of))
-    .bind(r.decision_method.map(Method::as_str))
-    .bind(r.decider.as_deref())
-    .bind(r.decision_reason.as_deref())
-    .bind(r.revised_params.as_ref().map(serde_json::Value::to_string))
-    .bind(r.revised_params_hash.as_deref())
-    .bind(r.token.as_ref().map(|t| t.id.clone()))
-    .bind(r.token.as_ref().map(|t| t.token.clone()))
-    .bind(r.token.as_ref().map(|t| i64_of(t.expires_at_ms)))
-    .bind(r.retry_after_ms.map(i64_of))
-    .execute(conn)
-    .await?;
+    query
+        .bind(r.id.clone())
+        .bind(r.vendor.clone())
+        .bind(r.actor.clone())
+        .bind(r.idempotency_key.clone())
+        .bind(to_json(&ProvenanceJson {
+            surface: r.provenance.surface.clone(),
+            tool: r.provenance.tool.clone(),
+        }))
+        .bind(r.action.clone())
+        .bind(r.params.to_string())
+        .bind(r.params_hash.clone())
+        .bind(r.amount.as_ref().map(|m| i64_of(m.minor_units)))
+        .bind(r.amount.as_ref().map(|m| m.currency.clone()))
+        .bind(r.recipient.clone())
+        .bind(r.status.as_str())
+        .bind(r.route.as_str())
+        .bind(i64::from(escalated))
+        .bind(r.rule_fired.clone())
+        .bind(r.reason.clone())
+        .bind(rules_json(&r.rules))
+        .bind(plugins_json(&r.plugins))
+        .bind(r.counter_offer.as_ref().map(counter_offer_json))
+        .bind(i64::from(r.policy_version))
+        .bind(i64_of(r.created_at_ms))
+        .bind(r.expires_at_ms.map(i64_of))
+        .bind(r.decided_at_ms.map(i64_of))
+        .bind(r.decision_method.map(Method::as_str))
+        .bind(r.decider.clone())
+        .bind(r.decision_reason.clone())
+        .bind(r.revised_params.as_ref().map(serde_json::Value::to_string))
+        .bind(r.revised_params_hash.clone())
+        .bind(r.token.as_ref().map(|t| t.id.clone()))
+        .bind(r.token.as_ref().map(|t| t.token.clone()))
+        .bind(r.token.as_ref().map(|t| i64_of(t.expires_at_ms)))
+        .bind(r.retry_after_ms.map(i64_of))
+}
+
+/// The number of columns in [`COLUMNS`].
+const COLUMN_COUNT: usize = 32;
+
+/// Records per multi-row insert (within SQLite's 32,766 bound parameters).
+const RECORDS_PER_INSERT: usize = 500;
+
+async fn insert_record(conn: &mut AnyConnection, r: &ApprovalRecord) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO approvals ({COLUMNS}) VALUES {}",
+        placeholders(conn, 1, COLUMN_COUNT)
+    );
+    bind_record(sqlx::query(&sql), r).execute(conn).await?;
     Ok(())
+}
+
+/// Stores new records that need no rate-limit count (answered at once), with multi-row
+/// inserts in the caller's transaction. A record refused by a unique index (an identical
+/// request, or one with the same idempotency key, got there first) is skipped; returns whether
+/// each was stored, in order.
+///
+/// # Errors
+/// A database failure.
+pub async fn insert_answered(
+    conn: &mut AnyConnection,
+    records: &[&ApprovalRecord],
+) -> Result<Vec<bool>, StoreError> {
+    let mut stored = std::collections::HashSet::new();
+    for chunk in records.chunks(RECORDS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO approvals ({COLUMNS}) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+            placeholders(conn, chunk.len(), COLUMN_COUNT)
+        );
+        let query = chunk
+            .iter()
+            .fold(sqlx::query(&sql), |query, r| bind_record(query, r));
+        for row in query.fetch_all(&mut *conn).await? {
+            stored.insert(row.try_get::<String, _>("id")?);
+        }
+    }
+    Ok(records.iter().map(|r| stored.contains(&r.id)).collect())
 }
 
 // ---- the lifecycle ---------------------------------------------------------------------------
@@ -629,28 +668,20 @@ pub async fn history(
 ///
 /// # Errors
 /// A database failure.
-pub async fn raise_flag(
-    db: &Db,
-    id: &str,
-    vendor: &str,
-    actor: &str,
-    now_ms: u64,
-    last_hour: u32,
-    baseline_per_hour: u32,
-) -> Result<bool, StoreError> {
+pub async fn raise_flag(conn: &mut AnyConnection, flag: &Flag) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "INSERT INTO actor_flags (id, vendor, actor, raised_at_ms, last_hour, baseline_per_hour)
          SELECT $1, $2, $3, $4, $5, $6
          WHERE NOT EXISTS (SELECT 1 FROM actor_flags WHERE vendor = $2 AND actor = $3 AND raised_at_ms > $7)",
     )
-    .bind(id)
-    .bind(vendor)
-    .bind(actor)
-    .bind(i64_of(now_ms))
-    .bind(i64::from(last_hour))
-    .bind(i64::from(baseline_per_hour))
-    .bind(i64_of(now_ms.saturating_sub(RATE_WINDOW_MS)))
-    .execute(db.pool())
+    .bind(&flag.id)
+    .bind(&flag.vendor)
+    .bind(&flag.actor)
+    .bind(i64_of(flag.raised_at_ms))
+    .bind(i64::from(flag.last_hour))
+    .bind(i64::from(flag.baseline_per_hour))
+    .bind(i64_of(flag.raised_at_ms.saturating_sub(RATE_WINDOW_MS)))
+    .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() == 1)
 }

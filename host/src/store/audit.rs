@@ -5,7 +5,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
 
-use super::{Db, StoreError, i64_of, u64_of};
+use super::{Db, StoreError, i64_of, placeholders, u64_of};
 use crate::audit::entry::Entry;
 use crate::audit::merkle::{self, Hash, HashCache, ProofError, TreeOp};
 
@@ -15,30 +15,6 @@ const HASH_ROWS_PER_INSERT: usize = 250;
 
 fn hash_of(bytes: &[u8]) -> Result<Hash, StoreError> {
     merkle::hash_from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("audit hash: {e}")))
-}
-
-/// `(…), (…)` with `rows` groups of `columns` placeholders. SQLite gets anonymous `?`: sqlx
-/// resolves a named `$n` by scanning the statement's parameter names, which is quadratic in
-/// the number of parameters of a multi-row insert.
-fn placeholders(conn: &AnyConnection, rows: usize, columns: usize) -> String {
-    let numbered = conn.backend_name() != "SQLite";
-    let mut sql = String::with_capacity(rows * columns * 5);
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..columns {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            if numbered {
-                sql.push('$');
-                sql.push_str(&(row * columns + column + 1).to_string());
-            } else {
-                sql.push('?');
-            }
-        }
-        sql.push(')');
-    }
-    sql
 }
 
 /// The stored hashes at `indexes` that exist, in one query.

@@ -3,6 +3,7 @@
 
 use sqlx::Row as _;
 
+use super::cache::Topic;
 use super::{Db, StoreError, i64_of};
 
 /// Stores a vendor API key's hash.
@@ -51,7 +52,7 @@ pub async fn revoke_vendor_keys(
     keep: &str,
     now_ms: u64,
 ) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
+    let revoked = sqlx::query(
         "UPDATE vendor_api_keys SET revoked_at_ms = $1
          WHERE vendor = $2 AND key_sha256 <> $3 AND revoked_at_ms IS NULL",
     )
@@ -60,7 +61,9 @@ pub async fn revoke_vendor_keys(
     .bind(keep)
     .execute(db.pool())
     .await?
-    .rows_affected())
+    .rows_affected();
+    db.changed(Topic::Credentials).await;
+    Ok(revoked)
 }
 
 /// Stores an agent token's hash for one actor.
@@ -112,7 +115,7 @@ pub async fn revoke_agent_tokens(
     (vendor, actor): (&str, &str),
     now_ms: u64,
 ) -> Result<u64, StoreError> {
-    Ok(sqlx::query(
+    let revoked = sqlx::query(
         "UPDATE agent_tokens SET revoked_at_ms = $1
          WHERE vendor = $2 AND actor = $3 AND revoked_at_ms IS NULL",
     )
@@ -121,5 +124,7 @@ pub async fn revoke_agent_tokens(
     .bind(actor)
     .execute(db.pool())
     .await?
-    .rows_affected())
+    .rows_affected();
+    db.changed(Topic::Credentials).await;
+    Ok(revoked)
 }

@@ -3,6 +3,7 @@
 
 use sqlx::{AnyConnection, Connection as _, Row as _};
 
+use super::cache::Topic;
 use super::{Db, StoreError, i64_of, u64_of};
 
 /// A registered actor.
@@ -84,6 +85,7 @@ pub async fn upsert_actor(db: &Db, actor: &ActorRow, now_ms: u64) -> Result<(), 
         .await?;
     }
     tx.commit().await?;
+    db.changed(Topic::actor(&actor.vendor, &actor.id)).await;
     Ok(())
 }
 
@@ -174,6 +176,14 @@ pub enum DocumentKind<'a> {
 }
 
 impl DocumentKind<'_> {
+    /// What a change of this document changes (see [`Db::changed`]).
+    pub fn topic(&self) -> Topic {
+        match self {
+            DocumentKind::Template { vendor } => Topic::Vendor((*vendor).to_owned()),
+            DocumentKind::Overrides { vendor, actor } => Topic::actor(vendor, actor),
+        }
+    }
+
     fn table_and_filter(&self) -> (&'static str, &'static str) {
         match self {
             DocumentKind::Template { .. } => ("policy_templates", "vendor = $1"),

@@ -2,11 +2,14 @@
 //! replicas), the migrations, and one module of typed functions per aggregate. Every SQL
 //! statement of the host lives under this module; services call functions, not SQL.
 
+use std::sync::Arc;
+
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor as _};
+use sqlx::{AnyConnection, AnyPool, Executor as _};
 
 pub mod approvals;
 pub mod audit;
+pub mod cache;
 pub mod credentials;
 pub mod directory;
 pub mod events;
@@ -14,6 +17,14 @@ pub mod keys;
 pub mod plugin_stats;
 pub mod plugins;
 pub mod webhooks;
+
+use cache::{Topic, Versions};
+
+/// Every SQLite connection's settings: write-ahead log, an fsync at every commit (a decision
+/// is durable when answered), and 32 MiB of page cache (SQLite's default, 2 MiB, is far smaller
+/// than the indexes a decision reads).
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+    PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768;";
 
 /// Which database the pool talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +64,8 @@ impl StoreError {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// The versions of what services cache (see [`cache`]).
+    versions: Arc<Versions>,
 }
 
 impl Db {
@@ -75,11 +88,7 @@ impl Db {
         });
         let options = if backend == Backend::Sqlite {
             options.after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
-                        .await
-                        .map(|_| ())
-                })
+                Box::pin(async move { conn.execute(SQLITE_PRAGMAS).await.map(|_| ()) })
             })
         } else {
             options
@@ -89,7 +98,14 @@ impl Db {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        Ok(Self { pool, backend })
+        // One process owns a SQLite file: every change happens here. On PostgreSQL other
+        // replicas change things too, and caching waits for the listener (see `crate::push`).
+        let versions = Arc::new(Versions::new(backend == Backend::Sqlite));
+        Ok(Self {
+            pool,
+            backend,
+            versions,
+        })
     }
 
     /// Which database this is.
@@ -100,6 +116,47 @@ impl Db {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+
+    /// The versions cached values are checked against.
+    pub fn versions(&self) -> &Arc<Versions> {
+        &self.versions
+    }
+
+    /// Says that `topic` changed (call after the change committed): this process stops using
+    /// values read before, and on PostgreSQL so do the other replicas once they hear of it.
+    /// A failure to tell them is logged: their copies expire within [`cache::MAX_AGE`].
+    pub async fn changed(&self, topic: Topic) {
+        if self.backend == Backend::Postgres
+            && let Err(e) = events::notify_change(self, &topic).await
+        {
+            tracing::warn!(error = %e, ?topic, "telling other replicas of a change failed");
+        }
+        self.versions.bump(topic);
+    }
+}
+
+/// `(…), (…)` with `rows` groups of `columns` placeholders. SQLite gets anonymous `?`: sqlx
+/// resolves a named `$n` by scanning the statement's parameter names, which is quadratic in
+/// the number of parameters of a multi-row insert.
+pub(crate) fn placeholders(conn: &AnyConnection, rows: usize, columns: usize) -> String {
+    let numbered = conn.backend_name() != "SQLite";
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            if numbered {
+                sql.push('$');
+                sql.push_str(&(row * columns + column + 1).to_string());
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// A millisecond time or count as the database's signed 64-bit integer (saturating).

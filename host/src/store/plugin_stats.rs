@@ -5,34 +5,47 @@
 
 use sqlx::{AnyConnection, Row as _};
 
-use super::{Db, StoreError, i64_of, u64_of};
+use super::{Db, StoreError, i64_of, placeholders, u64_of};
 use crate::approvals::record::ApprovalRecord;
 
-/// Records the record's plugin calls, inside the caller's transaction.
+/// Calls per multi-row insert.
+const CALLS_PER_INSERT: usize = 500;
+
+/// Records the records' plugin calls with multi-row inserts, inside the caller's transaction.
 ///
 /// # Errors
 /// A database failure.
 pub async fn insert_calls(
     conn: &mut AnyConnection,
-    record: &ApprovalRecord,
+    records: &[&ApprovalRecord],
 ) -> Result<(), StoreError> {
-    for run in &record.plugins {
-        sqlx::query(
+    let calls: Vec<_> = records
+        .iter()
+        .flat_map(|r| r.plugins.iter().map(move |run| (*r, run)))
+        .collect();
+    for chunk in calls.chunks(CALLS_PER_INSERT) {
+        let sql = format!(
             "INSERT INTO plugin_calls (approval_id, vendor, plugin, version, shadow, decision, error_code, wall_time_us, fuel_used, at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-        )
-        .bind(&record.id)
-        .bind(&record.vendor)
-        .bind(&run.name)
-        .bind(i64::from(run.version))
-        .bind(i64::from(run.shadow))
-        .bind(run.verdict.as_ref().map(|v| v.0.as_str()))
-        .bind(run.error.as_ref().map(|e| e.0.as_str()))
-        .bind(i64_of(u64::try_from(run.wall_time.as_micros()).unwrap_or(u64::MAX)))
-        .bind(i64_of(run.fuel_used))
-        .bind(i64_of(record.created_at_ms))
-        .execute(&mut *conn)
-        .await?;
+             VALUES {} ON CONFLICT DO NOTHING",
+            placeholders(conn, chunk.len(), 10)
+        );
+        let mut query = sqlx::query(&sql);
+        for (record, run) in chunk {
+            query = query
+                .bind(record.id.clone())
+                .bind(record.vendor.clone())
+                .bind(run.name.clone())
+                .bind(i64::from(run.version))
+                .bind(i64::from(run.shadow))
+                .bind(run.verdict.as_ref().map(|v| v.0.as_str()))
+                .bind(run.error.as_ref().map(|e| e.0.clone()))
+                .bind(i64_of(
+                    u64::try_from(run.wall_time.as_micros()).unwrap_or(u64::MAX),
+                ))
+                .bind(i64_of(run.fuel_used))
+                .bind(i64_of(record.created_at_ms));
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
