@@ -8,7 +8,7 @@
 pub mod action;
 pub mod record;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -177,6 +177,20 @@ pub struct Notice<T> {
     /// The actor's guardians when the event happened.
     pub guardians: Vec<String>,
     pub origin: Origin,
+    /// The subject as push streams send it, rendered once by the first stream that sends it:
+    /// a guardian with a thousand streams open costs one serialization, not a thousand.
+    pub rendered: OnceLock<String>,
+}
+
+impl<T> Notice<T> {
+    pub fn new(subject: T, guardians: Vec<String>, origin: Origin) -> Self {
+        Self {
+            subject,
+            guardians,
+            origin,
+            rendered: OnceLock::new(),
+        }
+    }
 }
 
 impl<T> std::ops::Deref for Notice<T> {
@@ -222,6 +236,7 @@ pub struct ApprovalService {
 /// Cached settings: actors' device tags and overrides, vendors' templates.
 struct Settings {
     tags: Cached<(String, String), Vec<String>>,
+    guardians: Cached<(String, String), Vec<String>>,
     templates: Cached<String, (u32, PolicyTemplate)>,
     overrides: Cached<(String, String), (u32, ActorOverrides)>,
 }
@@ -402,6 +417,7 @@ impl ApprovalService {
         let versions = db.versions();
         let cached = Settings {
             tags: Cached::new(Arc::clone(versions), CACHED_ACTORS),
+            guardians: Cached::new(Arc::clone(versions), CACHED_ACTORS),
             templates: Cached::new(Arc::clone(versions), CACHED_VENDORS),
             overrides: Cached::new(Arc::clone(versions), CACHED_ACTORS),
         };
@@ -427,18 +443,30 @@ impl ApprovalService {
         let _ = self.events.send(event);
     }
 
+    /// The actor's guardians (cached: every event about the actor names them).
+    async fn guardians(&self, vendor: &str, actor: &str) -> Result<Vec<String>, StoreError> {
+        let key = (vendor.to_owned(), actor.to_owned());
+        let load = async {
+            directory::guardians(&self.db, vendor, actor)
+                .await
+                .map(Some)
+        };
+        let found = self
+            .cached
+            .guardians
+            .get_or_load(&key, &Topic::actor(vendor, actor), load)
+            .await?;
+        Ok(found.unwrap_or_default())
+    }
+
     /// `record` with its actor's guardians, as an event carries it.
     async fn notice(
         &self,
         record: ApprovalRecord,
         origin: Origin,
     ) -> Result<Arc<Notice<ApprovalRecord>>, ApprovalError> {
-        let guardians = directory::guardians(&self.db, &record.vendor, &record.actor).await?;
-        Ok(Arc::new(Notice {
-            subject: record,
-            guardians,
-            origin,
-        }))
+        let guardians = self.guardians(&record.vendor, &record.actor).await?;
+        Ok(Arc::new(Notice::new(record, guardians, origin)))
     }
 
     /// Publishes an event another replica announced (see `crate::push`): the record as stored
@@ -815,12 +843,12 @@ impl ApprovalService {
             self.publish(ApprovalEvent::Pending(notice));
         }
         if let Some(flag) = flag {
-            let guardians = directory::guardians(&self.db, &flag.vendor, &flag.actor).await?;
-            self.publish(ApprovalEvent::Flagged(Arc::new(Notice {
-                subject: flag,
+            let guardians = self.guardians(&flag.vendor, &flag.actor).await?;
+            self.publish(ApprovalEvent::Flagged(Arc::new(Notice::new(
+                flag,
                 guardians,
-                origin: Origin::Here,
-            })));
+                Origin::Here,
+            ))));
         }
         Ok(Requested {
             record,

@@ -574,14 +574,13 @@ impl AuditLog {
         root: &Hash,
     ) -> Result<(), AuditError> {
         let from = last.map_or(0, |c| c.size);
-        let cache = HashCache::new();
+        let cache = Arc::new(HashCache::new());
         let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
         cache.insert(rows::read_hashes(&mut conn, &merkle::right_edge(from)).await?);
         drop(conn);
         let mut at = from;
         while at < size {
             let page = rows::entries(&self.db, at, size.min(at + 10_000)).await?;
-            let leaves: Vec<Hash> = page.iter().map(|e| merkle::leaf_hash(&e.bytes)).collect();
             if page.first().map(|e| e.index) != Some(at)
                 || page.windows(2).any(|w| w[1].index != w[0].index + 1)
             {
@@ -589,8 +588,17 @@ impl AuditLog {
                     "entries after {at} are missing"
                 )));
             }
-            merkle::append(at, &leaves, &cache)?;
-            at += page.len() as u64;
+            // Hashing a page takes milliseconds: off the async workers, so that requests
+            // served meanwhile do not wait behind it.
+            let hashed = Arc::clone(&cache);
+            let appended = page.len() as u64;
+            tokio::task::spawn_blocking(move || {
+                let leaves: Vec<Hash> = page.iter().map(|e| merkle::leaf_hash(&e.bytes)).collect();
+                merkle::append(at, &leaves, &hashed)
+            })
+            .await
+            .map_err(|e| AuditError::Inconsistent(format!("hashing entries after {at}: {e}")))??;
+            at += appended;
         }
         let rebuilt = TreeOp::Root { size }.run(&cache)?.pop();
         if rebuilt.as_ref() != Some(root) {

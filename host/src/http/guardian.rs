@@ -21,7 +21,7 @@ use super::AppState;
 use super::auth::Guardian;
 use super::error::{ApiError, ErrorBody, approval_error};
 use super::views::{ApprovalView, Audience, FlagView};
-use crate::approvals::{ApprovalEvent, GuardianDecision};
+use crate::approvals::{ApprovalEvent, GuardianDecision, Notice};
 use crate::policy::document::OverridesDoc;
 use crate::store::approvals::FlagScope;
 
@@ -105,17 +105,17 @@ pub async fn stream(
                 };
                 let now = state.clock.now_ms();
                 let event = match received {
-                    Ok(event) if event.guardians().contains(&id) => match &event {
+                    Ok(event) if event.guardians().contains(&id) => Ok(match &event {
                         ApprovalEvent::Pending(n) => Event::default()
                             .event("pending")
-                            .json_data(ApprovalView::of(n, Audience::Others, now)),
+                            .data(rendered(n, |r| ApprovalView::of(r, Audience::Others, now))),
                         ApprovalEvent::Settled(n) => Event::default()
                             .event("settled")
-                            .json_data(ApprovalView::of(n, Audience::Others, now)),
+                            .data(rendered(n, |r| ApprovalView::of(r, Audience::Others, now))),
                         ApprovalEvent::Flagged(n) => Event::default()
                             .event("flagged")
-                            .json_data(FlagView::from(&n.subject)),
-                    },
+                            .data(rendered(n, |f| FlagView::from(f))),
+                    }),
                     Ok(_) => continue,
                     // Missed events: send the whole inbox again.
                     Err(RecvError::Lagged(_)) => match inbox_view(&state, &id).await {
@@ -134,6 +134,14 @@ pub async fn stream(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// A notice's JSON for the push streams, serialized by the first stream that sends it and
+/// shared by the rest.
+fn rendered<T, V: Serialize>(notice: &Notice<T>, view: impl FnOnce(&T) -> V) -> &str {
+    notice
+        .rendered
+        .get_or_init(|| serde_json::to_string(&view(&notice.subject)).unwrap_or_default())
 }
 
 /// A guardian's decision.

@@ -22,6 +22,7 @@ use super::views::{ApprovalView, Audience, FlagView};
 use crate::approvals::{ApprovalEvent, Origin};
 use crate::clock::Clock;
 use crate::config::WebhooksSection;
+use crate::store::cache::{Cached, Topic};
 use crate::store::webhooks::{self as rows, Attempt, Delivery, DeliveryStatus, Webhook};
 use crate::store::{Db, StoreError};
 
@@ -119,6 +120,8 @@ pub struct Webhooks {
     queued: Notify,
     /// Deliveries in flight at once.
     sending: Arc<Semaphore>,
+    /// Each vendor's webhook or its absence: every event looks it up.
+    hooks: Cached<String, Option<Webhook>>,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -142,7 +145,9 @@ impl Webhooks {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent("approval-host-webhooks/1")
             .build()?;
+        let hooks = Cached::new(Arc::clone(db.versions()), 10_000);
         Ok(Self {
+            hooks,
             db,
             client,
             config,
@@ -165,6 +170,7 @@ impl Webhooks {
             created_at_ms: self.clock.now_ms(),
         };
         rows::set(&self.db, &hook).await?;
+        self.db.changed(Topic::Vendor(vendor.to_owned())).await;
         Ok(WebhookView {
             url: hook.url,
             secret: Some(secret),
@@ -189,7 +195,9 @@ impl Webhooks {
     /// # Errors
     /// A database failure.
     pub async fn remove(&self, vendor: &str) -> Result<bool, StoreError> {
-        rows::remove(&self.db, vendor).await
+        let removed = rows::remove(&self.db, vendor).await?;
+        self.db.changed(Topic::Vendor(vendor.to_owned())).await;
+        Ok(removed)
     }
 
     /// A vendor's newest deliveries.
@@ -218,7 +226,13 @@ impl Webhooks {
             return Ok(());
         }
         let (vendor, _) = event.actor();
-        let Some(hook) = rows::get(&self.db, vendor).await? else {
+        let load = async { rows::get(&self.db, vendor).await.map(Some) };
+        let topic = Topic::Vendor(vendor.to_owned());
+        let Some(Some(hook)) = self
+            .hooks
+            .get_or_load(&vendor.to_owned(), &topic, load)
+            .await?
+        else {
             return Ok(());
         };
         let now = self.clock.now_ms();
