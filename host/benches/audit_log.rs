@@ -160,10 +160,10 @@ async fn big_log(size: u64) -> Arc<AuditLog> {
     let log = log(sqlite(dir, &format!("bench-audit-{size}-v1.db")).await).await;
     let mut have = log.size().await.unwrap();
     while have < size {
-        let batch = (have..size.min(have + 10_000)).map(decided).collect();
+        let batch = (have..size.min(have + 50_000)).map(decided).collect();
         log.append(batch).await.unwrap();
         have = log.size().await.unwrap();
-        if have % 100_000 == 0 {
+        if have % 1_000_000 == 0 {
             eprintln!("built {have} of {size} entries");
         }
     }
@@ -171,33 +171,36 @@ async fn big_log(size: u64) -> Arc<AuditLog> {
     log
 }
 
-fn proofs(c: &mut Criterion, rt: &Runtime) {
-    const SIZE: u64 = 1_000_000;
+/// Root, inclusion and consistency proofs over a log of `size` entries.
+fn proofs(c: &mut Criterion, rt: &Runtime, size: u64, name: &str) {
     // Built on first use, so that a filter leaving these out does not build the log.
     let built = OnceCell::new();
-    let log = || built.get_or_init(|| rt.block_on(big_log(SIZE))).clone();
-    let mut group = c.benchmark_group("proofs_1m");
+    let log = || built.get_or_init(|| rt.block_on(big_log(size))).clone();
+    let mut group = c.benchmark_group(name);
     group.sample_size(100);
     let mut i = 0u64;
     group.bench_function("root", |b| {
         let log = log();
-        b.iter(|| rt.block_on(log.root(SIZE)).unwrap());
+        b.iter(|| rt.block_on(log.root(size)).unwrap());
     });
     group.bench_function("inclusion_proof", |b| {
         let log = log();
         b.iter(|| {
-            i = (i + 7_919) % SIZE;
-            rt.block_on(log.inclusion_proof(i, SIZE)).unwrap()
+            i = (i + 7_919) % size;
+            rt.block_on(log.inclusion_proof(i, size)).unwrap()
         });
     });
     group.bench_function("consistency_proof", |b| {
         let log = log();
         b.iter(|| {
-            i = (i + 7_919) % SIZE;
-            rt.block_on(log.consistency_proof(i.max(1), SIZE)).unwrap()
+            i = (i + 7_919) % size;
+            rt.block_on(log.consistency_proof(i.max(1), size)).unwrap()
         });
     });
     group.finish();
+    if let Some(log) = built.into_inner() {
+        rt.block_on(log.close()).unwrap();
+    }
 }
 
 fn verification(c: &mut Criterion, rt: &Runtime) {
@@ -240,7 +243,8 @@ fn benches(c: &mut Criterion) {
         }
         None => eprintln!("PostgreSQL is not reachable: skipping its figures"),
     }
-    proofs(c, &rt);
+    proofs(c, &rt, 1_000_000, "proofs_1m");
+    proofs(c, &rt, 10_000_000, "proofs_10m");
     verification(c, &rt);
 }
 

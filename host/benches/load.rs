@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "bench-admin-token";
@@ -39,16 +40,50 @@ fn plugin(name: &str) -> Vec<u8> {
         .unwrap()
 }
 
+/// `component` with a custom section naming `tag` appended: the same code, but its own sha256,
+/// so the host compiles, caches and instantiates it as a plugin of its own.
+fn distinct(mut component: Vec<u8>, tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"bench-tag";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(tag.as_bytes());
+    component.push(0);
+    leb(body.len(), &mut component);
+    component.extend_from_slice(&body);
+    component
+}
+
 /// A running `approval-host serve` on a free loopback port; stopped (SIGTERM) on drop.
 struct Server {
     child: Child,
     url: String,
-    _data: tempfile::TempDir,
+    stopped: bool,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Server {
+    /// A host on a fresh data directory.
     fn start(database_url: Option<&str>) -> Server {
         let data = tempfile::tempdir().unwrap();
+        let mut server = Server::start_at(data.path(), database_url);
+        server._data = Some(data);
+        server
+    }
+
+    /// A host on `data` (its SQLite file survives a restart).
+    fn start_at(data: &Path, database_url: Option<&str>) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -56,16 +91,16 @@ impl Server {
             .port();
         let mut config = format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nadmin_token = \"{ADMIN}\"\n",
-            data.path().display()
+            data.display()
         );
         if let Some(url) = database_url {
             writeln!(config, "database_url = \"{url}\"").unwrap();
         }
-        let path = data.path().join("host.toml");
+        let path = data.join("host.toml");
         std::fs::write(&path, config).unwrap();
         // The host's log goes to `$APPROVAL_HOST_BENCH_LOG_DIR/host-<port>.log` when set.
         let log_dir = std::env::var_os("APPROVAL_HOST_BENCH_LOG_DIR")
-            .map_or_else(|| data.path().to_owned(), PathBuf::from);
+            .map_or_else(|| data.to_owned(), PathBuf::from);
         let log = std::fs::File::create(log_dir.join(format!("host-{port}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_approval-host"))
             .args(["serve", "--config"])
@@ -85,7 +120,8 @@ impl Server {
         Server {
             child,
             url,
-            _data: data,
+            stopped: false,
+            _data: None,
         }
     }
 
@@ -105,12 +141,22 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
+impl Server {
+    /// Stops the host (SIGTERM) and waits for it to exit.
+    fn stop(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -140,6 +186,17 @@ impl Api {
         let value: Value = response.json().await.unwrap_or(Value::Null);
         assert!(status.is_success(), "{path}: {status} {value}");
         value
+    }
+
+    /// An agent's request; its HTTP status.
+    async fn request(&self, token: &str, body: &Value) -> u16 {
+        self.client
+            .post(format!("{}/v1/approvals", self.url))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
     }
 
     /// A vendor with `actors` devices (their agent tokens), optionally running `plugin`.
@@ -192,18 +249,24 @@ impl Api {
             )
             .await;
         }
-        let mut tokens = Vec::with_capacity(actors);
-        for i in 0..actors {
-            let actor = self
-                .call(
-                    reqwest::Method::POST,
-                    "/v1/vendor/actors",
-                    &key,
-                    Some(json!({"id": format!("device-{i}"), "context_tags": ["toy"], "guardians": [format!("guardian-{id}-{i}")], "issue_token": true})),
-                )
-                .await;
-            tokens.push(actor["token"].as_str().unwrap().to_owned());
-        }
+        let tokens = futures_util::stream::iter(0..actors)
+            .map(|i| {
+                let key = key.clone();
+                async move {
+                    let actor = self
+                        .call(
+                            reqwest::Method::POST,
+                            "/v1/vendor/actors",
+                            &key,
+                            Some(json!({"id": format!("device-{i}"), "context_tags": ["toy"], "guardians": [format!("guardian-{id}-{i}")], "issue_token": true})),
+                        )
+                        .await;
+                    actor["token"].as_str().unwrap().to_owned()
+                }
+            })
+            .buffered(16)
+            .collect::<Vec<_>>()
+            .await;
         (key, tokens)
     }
 }
@@ -394,6 +457,101 @@ async fn open_loop(url: &str, tokens: &[String], rate: f64, seconds: f64) -> (Ve
     (latencies, errors)
 }
 
+/// The median time (ns) criterion measured for `id` in this run (`scripts/bench` runs the micro
+/// benchmarks first), or `None` when that benchmark has not run.
+fn criterion_median_ns(id: &str) -> Option<f64> {
+    let path = target_dir().join(format!("criterion/{id}/new/estimates.json"));
+    let estimates: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    estimates["median"]["point_estimate"].as_f64()
+}
+
+/// One Ed25519 signature over a token-sized message, median of 25 rounds of 1,000 (ns).
+fn signature_ns() -> f64 {
+    use ed25519_dalek::Signer as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let message = [0x5a_u8; 320];
+    let mut rounds: Vec<f64> = (0..25)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..1_000 {
+                std::hint::black_box(key.sign(std::hint::black_box(&message)));
+            }
+            started.elapsed().as_nanos() as f64 / 1_000.0
+        })
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[rounds.len() / 2]
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(2.0, |n| n.get() as f64)
+}
+
+fn us(ns: Option<f64>) -> String {
+    ns.map_or_else(
+        || "— (run scripts/bench)".to_owned(),
+        |n| format!("{:.1} µs", n / 1000.0),
+    )
+}
+
+/// The decision beside its mandatory parts, each timed alone in this run: as a cost (the
+/// machine's time per operation at its own peak, both cores busy) and as latency at one client.
+fn parts(report: &mut String, decision: &[Run], health: &[Run]) {
+    let cores = cores();
+    let plugin = criterion_median_ns("plugin_call/fresh_instance_call");
+    let append_amortized =
+        criterion_median_ns("append/sqlite/256_concurrent_writers").map(|n| n / 256.0);
+    let append_alone = criterion_median_ns("append/sqlite/1_per_commit");
+    let sign = signature_ns();
+    let top = peak(decision);
+    let http_top = peak(health);
+    let decision_cost = 1e9 / top.rps;
+    let http_cost = 1e9 / http_top.rps;
+    let cost_sum = http_cost
+        + plugin.unwrap_or(f64::NAN) / cores
+        + sign / cores
+        + append_amortized.unwrap_or(f64::NAN);
+    let one = &decision[0];
+    let http_one = &health[0];
+    let latency_sum = http_one.p50_ms * 1e6
+        + plugin.unwrap_or(f64::NAN)
+        + sign
+        + append_alone.unwrap_or(f64::NAN);
+    writeln!(
+        report,
+        "
+**The decision beside its mandatory parts** (each timed alone in this run)
+
+         | part | alone | cost at its own peak ({cores:.0} cores) |
+| --- | ---: | ---: |
+         | one HTTP round trip (`GET /healthz`, p50 at 1 connection; peak {:.0}/s) | {:.1} µs | {:.1} µs |
+         | one plugin call (velocity, fresh instance; criterion `plugin_call/fresh_instance_call`) | {} | {} |
+         | one Ed25519 signature (320-byte message) | {:.1} µs | {:.1} µs |
+         | one durable audit write (criterion `append/sqlite`: alone, one fsync; amortized over 256 concurrent writers) | {} | {} |
+         | **sum of the parts** | **{:.1} µs** | **{:.1} µs** |
+         | **the allowed decision** (p50 at 1 connection; peak {:.0}/s) | **{:.1} µs** | **{:.1} µs** |
+         | decision ÷ sum | **{:.2}×** | **{:.2}×** |
+",
+        http_top.rps,
+        http_one.p50_ms * 1000.0,
+        http_cost / 1000.0,
+        us(plugin),
+        us(plugin.map(|p| p / cores)),
+        sign / 1000.0,
+        sign / cores / 1000.0,
+        us(append_alone),
+        us(append_amortized),
+        latency_sum / 1000.0,
+        cost_sum / 1000.0,
+        top.rps,
+        one.p50_ms * 1000.0,
+        decision_cost / 1000.0,
+        one.p50_ms * 1e6 / latency_sum,
+        decision_cost / cost_sum,
+    )
+    .unwrap();
+}
+
 const LEVELS: &[usize] = &[1, 4, 16, 32, 64, 128];
 
 /// Devices per vendor in the decision runs: each asks a few times a minute, as a fleet would.
@@ -445,6 +603,25 @@ async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
     ));
     let plain_top = peak(&without);
     let health_top = peak(&health);
+    if database.is_none() {
+        parts(report, &with_plugin, &health);
+        let plugin = criterion_median_ns("plugin_call/fresh_instance_call");
+        writeln!(
+            report,
+            "
+The Wasm plugin's share of the path: by throughput, removing it raises the peak from {:.0}/s to {:.0}/s              ({:.1} % of a decision's cost); by time, one call ({}) is {} of a decision's cost at peak ({:.1} µs).",
+            top.rps,
+            plain_top.rps,
+            (1.0 - top.rps / plain_top.rps) * 100.0,
+            us(plugin),
+            plugin.map_or_else(
+                || "—".to_owned(),
+                |p| format!("{:.1} %", p / cores() / (1e9 / top.rps) * 100.0)
+            ),
+            1e6 / top.rps,
+        )
+        .unwrap();
+    }
     writeln!(
         report,
         "\nPeak: **{:.0} decisions/s** at concurrency {} (p99 {:.2} ms); without the plugin {:.0}/s; `/healthz` {:.0}/s. \
@@ -516,13 +693,276 @@ end
     .unwrap();
 }
 
+/// Devices of the `pending` section's vendor, and the pending approvals of each stage.
+const WAITING_ACTORS: usize = 10_000;
+const PENDING_STAGES: &[usize] = &[10_000, 100_000, 1_000_000];
+const BURST: u64 = 100_000;
+
+/// Adds copies `from..to` of each of the `waiting` vendor's API-made pending approvals (one per
+/// device) straight into the host's SQLite file, while the host is stopped: a million through
+/// the API would take longer than the whole suite may. Each copy is the template row with its
+/// own id (time-ordered, as the host makes them) and params hash (the database allows one
+/// pending request per device and params).
+async fn copy_pending(url: &str, from: usize, to: usize) -> Duration {
+    use sqlx::{Connection as _, Row as _};
+    let started = Instant::now();
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    // Seeding, not serving: a cache that holds the whole file, and no fsync until the end.
+    for pragma in ["PRAGMA cache_size = -2000000", "PRAGMA synchronous = OFF"] {
+        sqlx::query(pragma).execute(&mut conn).await.unwrap();
+    }
+    let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('approvals')")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let values = columns
+        .iter()
+        .map(|c| match c.as_str() {
+            // Time-ordered like the host's own ids: copy k is stamped k seconds after its template.
+            "id" => {
+                "substr(a.id, 1, instr(a.id, '_')) || printf('%012x', a.created_at_ms + ?1 * 1000) \
+                 || substr(a.id, instr(a.id, '_') + 13)"
+                    .to_owned()
+            }
+            "params_hash" => "a.params_hash || '-' || ?1".to_owned(),
+            "idempotency_key" => "NULL".to_owned(),
+            other => format!("a.{other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert = format!(
+        "INSERT INTO approvals ({}) SELECT {values} FROM approvals a \
+         WHERE a.vendor = 'waiting' AND a.status = 'pending' AND instr(a.params_hash, '-') = 0",
+        columns.join(", ")
+    );
+    let mut tx = conn.begin().await.unwrap();
+    for copy in from..to {
+        sqlx::query(&insert)
+            .bind(i64::try_from(copy).unwrap())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    conn.close().await.unwrap();
+    started.elapsed()
+}
+
+async fn count(conn: &mut sqlx::SqliteConnection, sql: &str, bind: i64) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(bind)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+fn file_mib(path: &Path) -> f64 {
+    std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / (1024.0 * 1024.0))
+}
+
+async fn pending(report: &mut String) {
+    use sqlx::Connection as _;
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("approval-host.db");
+    let url = format!("sqlite://{}", file.display());
+    let mut server = Server::start_at(data.path(), None);
+    let mut api = Api {
+        url: server.url.clone(),
+        client: reqwest::Client::new(),
+    };
+    eprintln!("pending: {WAITING_ACTORS} devices, each with a ¥600 payment waiting");
+    let (_, tokens) = api.vendor("waiting", WAITING_ACTORS, None, 250).await;
+    let (_, others) = api.vendor("busy", 2_000, None, 250).await;
+    let payment = json!({"action": "payment", "params": {"amount": 60_000, "currency": "CNY", "recipient": "bike-shop"}});
+    let statuses = futures_util::stream::iter(&tokens)
+        .map(|t| api.request(t, &payment))
+        .buffer_unordered(32)
+        .collect::<Vec<u16>>()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s == 202),
+        "every ¥600 payment waits"
+    );
+    let script = decision_script(&tokens, "waiting");
+    let other_script = decision_script(&others, "busy");
+    let mut rows = String::from(
+        "| pending approvals | seeding (SQL copies) | host RSS | database file | devices with requests waiting: decisions/s, p50, p99 | other devices: decisions/s, p50, p99 |\n| ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let mut have = WAITING_ACTORS;
+    let mut rss = Vec::new();
+    for &stage in PENDING_STAGES {
+        let mut seeding = String::from("through the API");
+        if stage > have {
+            server.stop();
+            let took = copy_pending(&url, have / WAITING_ACTORS, stage / WAITING_ACTORS).await;
+            seeding = format!("{:.1} s", took.as_secs_f64());
+            have = stage;
+            server = Server::start_at(data.path(), None);
+            api.url.clone_from(&server.url);
+        }
+        eprintln!("pending: {stage} waiting");
+        let target = format!("{}/", server.url);
+        wrk(&target, Some(&script), 16, 2);
+        let run = wrk(&target, Some(&script), 16, 5);
+        let other = wrk(&target, Some(&other_script), 16, 5);
+        let mib = server.rss_mib();
+        rss.push(mib);
+        writeln!(
+            rows,
+            "| {stage} | {seeding} | {mib:.0} MiB | {:.0} MiB | {:.0}/s, {:.2} ms, {:.2} ms | {:.0}/s, {:.2} ms, {:.2} ms |",
+            file_mib(&file),
+            run.rps,
+            run.p50_ms,
+            run.p99_ms,
+            other.rps,
+            other.p50_ms,
+            other.p99_ms
+        )
+        .unwrap();
+    }
+    // The burst: the 100,000 oldest of the million expire at once, as requests made in the same
+    // few minutes do; the host's sweeper (every second) settles each as a timeout, with its
+    // audit entry and its push event.
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let timed_out_before = count(
+        &mut conn,
+        "SELECT count(*) FROM approvals WHERE status = 'timed_out' AND ?1 = ?1",
+        0,
+    )
+    .await;
+    sqlx::query(
+        "UPDATE approvals SET expires_at_ms = ?1 WHERE id IN \
+         (SELECT id FROM approvals WHERE status = 'pending' ORDER BY id LIMIT ?2)",
+    )
+    .bind(now_ms)
+    .bind(i64::try_from(BURST).unwrap())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let expired_at = Instant::now();
+    eprintln!("pending: {BURST} expired at once");
+    let mut left = i64::MAX;
+    while left > 0 && expired_at.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = count(
+            &mut conn,
+            "SELECT count(*) FROM approvals WHERE status = 'pending' AND expires_at_ms <= ?1",
+            now_ms,
+        )
+        .await;
+    }
+    let settled_in = expired_at.elapsed();
+    let timed_out = count(
+        &mut conn,
+        "SELECT count(*) FROM approvals WHERE status = 'timed_out' AND ?1 = ?1",
+        0,
+    )
+    .await
+        - timed_out_before;
+    let entries: Value = api
+        .call(reqwest::Method::GET, "/v1/audit/checkpoint", ADMIN, None)
+        .await;
+    let rss_after = server.rss_mib();
+    writeln!(report, "\n### Scale of waiting (SQLite)\n").unwrap();
+    report.push_str(&rows);
+    let growth = rss.last().unwrap() / rss.first().unwrap();
+    writeln!(
+        report,
+        "\nFrom {} to {} pending approvals ({}×), the host's RSS went from {:.0} to {:.0} MiB ({growth:.2}×): they live in the database. \
+         The first {WAITING_ACTORS} came through the API (one ¥600 payment per device); the rest are SQL copies of them. \
+         Decisions at 16 connections are allowed small payments, by the devices that have requests waiting (at a million, each has 100 in its hourly history, which the rate limit and the plugins' history read) and by 2,000 other devices of another vendor.\n\n\
+         A burst of {BURST} expiries at once (the oldest {BURST}, their `expires_at` set to now while the host runs): \
+         **settled in {:.2} s** (from the update until none is left pending, the sweeper running every second), {timed_out} timeouts with their audit entries \
+         (the log now holds {} entries); RSS afterwards {rss_after:.0} MiB.",
+        PENDING_STAGES[0],
+        PENDING_STAGES.last().unwrap(),
+        PENDING_STAGES.last().unwrap() / PENDING_STAGES[0],
+        rss.first().unwrap(),
+        rss.last().unwrap(),
+        settled_in.as_secs_f64(),
+        entries["size"],
+    )
+    .unwrap();
+}
+
+/// Vendors in the `vendors` section, each with its own build of the velocity plugin.
+const VENDORS: usize = 100;
+const DEVICES_PER_VENDOR: usize = 20;
+
+async fn vendors(report: &mut String) {
+    let server = Server::start(None);
+    let api = Api {
+        url: server.url.clone(),
+        client: reqwest::Client::new(),
+    };
+    let rss_empty = server.rss_mib();
+    eprintln!("vendors: {VENDORS} vendors, each uploading its own build of velocity");
+    let mut fleets = Vec::new();
+    let uploads = Instant::now();
+    for v in 0..VENDORS {
+        let id = format!("vendor-{v:03}");
+        let bytes = distinct(plugin("velocity"), &id);
+        let (_, tokens) = api.vendor(&id, DEVICES_PER_VENDOR, Some(bytes), 250).await;
+        fleets.push(tokens);
+    }
+    let seeding = uploads.elapsed();
+    let rss_seeded = server.rss_mib();
+    let target = format!("{}/", server.url);
+    let one = decision_script(&fleets[0], "one-vendor");
+    // Consecutive requests go to different vendors' plugins.
+    let interleaved: Vec<String> = (0..DEVICES_PER_VENDOR)
+        .flat_map(|d| fleets.iter().map(move |f| f[d].clone()))
+        .collect();
+    let all = decision_script(&interleaved, "all-vendors");
+    eprintln!("vendors: one vendor's plugin");
+    wrk(&target, Some(&one), 32, 2);
+    let alone = wrk(&target, Some(&one), 32, 6);
+    let rss_one = server.rss_mib();
+    eprintln!("vendors: all {VENDORS} vendors' plugins in turn");
+    wrk(&target, Some(&all), 32, 2);
+    let mixed = wrk(&target, Some(&all), 32, 6);
+    let rss_all = server.rss_mib();
+    writeln!(report, "\n### {VENDORS} vendors' plugins at once\n").unwrap();
+    writeln!(
+        report,
+        "| run (32 connections, allowed decisions) | decisions/s | p50 | p99 | host RSS after |\n| --- | ---: | ---: | ---: | ---: |\n\
+         | one vendor's plugin | {:.0} | {:.2} ms | {:.2} ms | {rss_one:.0} MiB |\n\
+         | {VENDORS} vendors' plugins, each request to the next vendor | {:.0} | {:.2} ms | {:.2} ms | {rss_all:.0} MiB |\n\n\
+         {VENDORS} distinct components (the velocity plugin with a custom section naming its vendor, so each has its own sha256, \
+         compilation and cache entry) were uploaded and activated in {:.1} s. Host RSS: {rss_empty:.0} MiB empty, {rss_seeded:.0} MiB with the {VENDORS} plugins loaded \
+         ({:.2} MiB per plugin). Every call takes a fresh instance from the one pooling allocator, whichever vendor it belongs to, \
+         so memory is bounded by the pool's concurrent-call slots, not by the number of plugins: \
+         all vendors in turn run at {:.2}× the single vendor's throughput.",
+        alone.rps,
+        alone.p50_ms,
+        alone.p99_ms,
+        mixed.rps,
+        mixed.p50_ms,
+        mixed.p99_ms,
+        seeding.as_secs_f64(),
+        (rss_seeded - rss_empty) / VENDORS as f64,
+        mixed.rps / alone.rps,
+    )
+    .unwrap();
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let chosen: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let all = ["decisions", "postgres", "neighbours"];
+    let all = ["decisions", "postgres", "neighbours", "pending", "vendors"];
     let sections: Vec<&str> = if chosen.is_empty() {
         all.to_vec()
     } else {
@@ -549,6 +989,8 @@ fn main() {
                     decisions(&mut report, Some(&url), "PostgreSQL").await;
                 }
                 "neighbours" => neighbours(&mut report).await,
+                "pending" => pending(&mut report).await,
+                "vendors" => vendors(&mut report).await,
                 _ => {}
             }
         });
