@@ -500,3 +500,51 @@ fn compiled_artifacts_are_reused_from_the_cache() {
         "the artifact was rewritten"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_whose_plugin_spins_holds_only_its_own_slots() {
+    let config = common::test_config();
+    let rt = common::runtime_with(RuntimeConfig {
+        max_calls_per_vendor: 1,
+        queue_timeout: Duration::from_millis(100),
+        platform_max: PluginLimits {
+            fuel: u64::MAX / 2,
+            ..config.platform_max.clone()
+        },
+        ..config
+    });
+    let spinning = Arc::new(load(&rt, "hostile_loop").await);
+    let mut neighbour = load(&rt, "velocity").await;
+    neighbour.identity.vendor = format!("{}-neighbour", spinning.identity.vendor);
+    // Fuel without end: each call spins to its 1 s deadline, ten times the queue timeout.
+    let long = PluginLimits {
+        fuel: u64::MAX / 2,
+        deadline: Duration::from_secs(1),
+        ..PluginLimits::default()
+    };
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let (rt, spinning, long) = (Arc::clone(&rt), Arc::clone(&spinning), long.clone());
+            tokio::spawn(async move {
+                rt.classify(&spinning, &payment(&format!("s{i}"), 1, None), &long)
+                    .await
+                    .outcome
+            })
+        })
+        .collect();
+    // Another vendor's call runs meanwhile.
+    let other = rt
+        .classify(&neighbour, &payment("n1", 1_000, None), &common::relaxed())
+        .await;
+    assert_eq!(other.outcome.unwrap().decision, Decision::Allow);
+    let mut spun = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Err(PluginError::OutOfFuel { .. } | PluginError::Deadline { .. }) => spun += 1,
+            Err(PluginError::Busy { waited }) => assert_eq!(waited, Duration::from_millis(100)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The vendor's one slot ran one spinning call; the others found no slot in time.
+    assert_eq!(spun, 1);
+}

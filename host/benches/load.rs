@@ -500,8 +500,8 @@ fn parts(report: &mut String, decision: &[Run], health: &[Run]) {
     let cores = cores();
     let plugin = criterion_median_ns("plugin_call/fresh_instance_call");
     let append_amortized =
-        criterion_median_ns("append/sqlite/256_concurrent_writers").map(|n| n / 256.0);
-    let append_alone = criterion_median_ns("append/sqlite/1_per_commit");
+        criterion_median_ns("append_sqlite/256_concurrent_writers").map(|n| n / 256.0);
+    let append_alone = criterion_median_ns("append_sqlite/1_per_commit");
     let sign = signature_ns();
     let top = peak(decision);
     let http_top = peak(health);
@@ -519,19 +519,16 @@ fn parts(report: &mut String, decision: &[Run], health: &[Run]) {
         + append_alone.unwrap_or(f64::NAN);
     writeln!(
         report,
-        "
-**The decision beside its mandatory parts** (each timed alone in this run)
-
-         | part | alone | cost at its own peak ({cores:.0} cores) |
-| --- | ---: | ---: |
-         | one HTTP round trip (`GET /healthz`, p50 at 1 connection; peak {:.0}/s) | {:.1} µs | {:.1} µs |
-         | one plugin call (velocity, fresh instance; criterion `plugin_call/fresh_instance_call`) | {} | {} |
-         | one Ed25519 signature (320-byte message) | {:.1} µs | {:.1} µs |
-         | one durable audit write (criterion `append/sqlite`: alone, one fsync; amortized over 256 concurrent writers) | {} | {} |
-         | **sum of the parts** | **{:.1} µs** | **{:.1} µs** |
-         | **the allowed decision** (p50 at 1 connection; peak {:.0}/s) | **{:.1} µs** | **{:.1} µs** |
-         | decision ÷ sum | **{:.2}×** | **{:.2}×** |
-",
+        "\n**The decision beside its mandatory parts** (each timed alone in this run)\n\n\
+         | part | alone | cost at its own peak ({cores:.0} cores) |\n\
+         | --- | ---: | ---: |\n\
+         | one HTTP round trip (`GET /healthz`, p50 at 1 connection; peak {:.0}/s) | {:.1} µs | {:.1} µs |\n\
+         | one plugin call (velocity, fresh instance; criterion `plugin_call/fresh_instance_call`) | {} | {} |\n\
+         | one Ed25519 signature (320-byte message) | {:.1} µs | {:.1} µs |\n\
+         | one durable audit write (criterion `append/sqlite`: alone, one fsync; amortized over 256 concurrent writers) | {} | {} |\n\
+         | **sum of the parts** | **{:.1} µs** | **{:.1} µs** |\n\
+         | **the allowed decision** (p50 at 1 connection; peak {:.0}/s) | **{:.1} µs** | **{:.1} µs** |\n\
+         | decision ÷ sum | **{:.2}×** | **{:.2}×** |",
         http_top.rps,
         http_one.p50_ms * 1000.0,
         http_cost / 1000.0,
@@ -608,8 +605,8 @@ async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
         let plugin = criterion_median_ns("plugin_call/fresh_instance_call");
         writeln!(
             report,
-            "
-The Wasm plugin's share of the path: by throughput, removing it raises the peak from {:.0}/s to {:.0}/s              ({:.1} % of a decision's cost); by time, one call ({}) is {} of a decision's cost at peak ({:.1} µs).",
+            "\nThe Wasm plugin's share of the path: by throughput, removing it raises the peak from {:.0}/s to {:.0}/s \
+             ({:.1} % of a decision's cost); by time, one call ({}) is {} of a decision's cost at peak ({:.1} µs).",
             top.rps,
             plain_top.rps,
             (1.0 - top.rps / plain_top.rps) * 100.0,
@@ -668,11 +665,17 @@ async fn neighbours(report: &mut String) {
         std::fs::write(&path, format!(
             r#"local tokens = {{{list}}}
 local n = 0
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
 wrk.method = "POST"
-wrk.body = '{{"action":"lights.on","params":{{"room":"hall"}}}}'
 request = function()
   n = n + 1
-  return wrk.format(nil, "/v1/approvals", {{["content-type"] = "application/json", ["authorization"] = "Bearer " .. tokens[(n % #tokens) + 1]}})
+  -- A new room every time: an identical request would join the pending one without a call.
+  local body = '{{"action":"lights.on","params":{{"room":"hall-' .. id .. '-' .. n .. '"}}}}'
+  return wrk.format(nil, "/v1/approvals", {{["content-type"] = "application/json", ["authorization"] = "Bearer " .. tokens[(n % #tokens) + 1]}}, body)
 end
 "#)).unwrap();
         path

@@ -4,13 +4,14 @@
 //! - per plugin version: [`CompiledPlugin`] (the validated component and its `InstancePre`);
 //! - per call: a `Store<CallState>` built, used and dropped inside [`PluginRuntime::classify`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, ResourceType};
 use wasmtime::{
@@ -33,6 +34,10 @@ pub struct RuntimeConfig {
     pub max_component_bytes: usize,
     /// Plugin calls running at once; further calls wait for a slot.
     pub max_concurrent_calls: u32,
+    /// Plugin calls of one vendor running at once (default: half the cores, at least one), so
+    /// that a vendor whose plugin spins to its deadline on every call holds at most that many
+    /// cores and the other vendors keep the rest; further calls wait for a slot.
+    pub max_calls_per_vendor: u32,
     /// How long a call waits for a slot before failing as busy.
     pub queue_timeout: Duration,
     /// Limits no vendor may exceed; also sizes the allocator's pool.
@@ -49,6 +54,8 @@ impl Default for RuntimeConfig {
         Self {
             max_component_bytes: 20 << 20,
             max_concurrent_calls: 32,
+            max_calls_per_vendor: std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get().div_ceil(2)).unwrap_or(1)),
             queue_timeout: Duration::from_secs(2),
             platform_max: PluginLimits::platform_max(),
             cache_dir: None,
@@ -138,6 +145,8 @@ pub struct PluginRuntime {
     config: RuntimeConfig,
     /// Bounds the calls inside guest code at once (and so the pool slots in use).
     permits: Semaphore,
+    /// Each vendor's own bound, [`RuntimeConfig::max_calls_per_vendor`].
+    vendor_permits: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
     cache: Option<ArtifactCache>,
     /// Advances the engine's epoch every millisecond so running guests check their deadline.
     _ticker: EpochTicker,
@@ -228,6 +237,7 @@ impl PluginRuntime {
         Ok(Self {
             _ticker: EpochTicker::start(&engine),
             permits: Semaphore::new(calls as usize),
+            vendor_permits: std::sync::Mutex::default(),
             engine,
             linker,
             config,
@@ -363,8 +373,15 @@ impl PluginRuntime {
                 now_ms: input.request.requested_at_ms,
             };
             let wit_input = wit::ClassifyInput::new(input);
-            self.invoke(&plugin.compiled, spec, &limits, Ask::Classify(&wit_input))
-                .await
+            match self.vendor_slot(&plugin.identity.vendor).await {
+                Some(_slot) => {
+                    self.invoke(&plugin.compiled, spec, &limits, Ask::Classify(&wit_input))
+                        .await
+                }
+                None => Invocation::refused(PluginError::Busy {
+                    waited: self.config.queue_timeout,
+                }),
+            }
         };
         let Invocation {
             answer,
@@ -401,6 +418,29 @@ impl PluginRuntime {
             log,
             log_truncated,
         }
+    }
+
+    /// A slot among `vendor`'s calls, or `None` after waiting the queue timeout for one.
+    async fn vendor_slot(&self, vendor: &str) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut map = self
+                .vendor_permits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match map.get(vendor) {
+                Some(semaphore) => Arc::clone(semaphore),
+                None => {
+                    let per_vendor = self.config.max_calls_per_vendor.max(1) as usize;
+                    let semaphore = Arc::new(Semaphore::new(per_vendor));
+                    map.insert(vendor.to_owned(), Arc::clone(&semaphore));
+                    semaphore
+                }
+            }
+        };
+        tokio::time::timeout(self.config.queue_timeout, semaphore.acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Runs one export in a fresh store with every limit set before guest code runs. The caller
