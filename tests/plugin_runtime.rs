@@ -509,7 +509,7 @@ async fn a_vendor_whose_plugin_spins_holds_only_its_own_slots() {
         queue_timeout: Duration::from_millis(100),
         platform_max: PluginLimits {
             fuel: u64::MAX / 2,
-            ..config.platform_max.clone()
+            ..config.platform_max
         },
         ..config
     });
@@ -524,7 +524,7 @@ async fn a_vendor_whose_plugin_spins_holds_only_its_own_slots() {
     };
     let calls: Vec<_> = (0..3)
         .map(|i| {
-            let (rt, spinning, long) = (Arc::clone(&rt), Arc::clone(&spinning), long.clone());
+            let (rt, spinning, long) = (Arc::clone(&rt), Arc::clone(&spinning), long);
             tokio::spawn(async move {
                 rt.classify(&spinning, &payment(&format!("s{i}"), 1, None), &long)
                     .await
