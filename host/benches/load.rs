@@ -959,6 +959,37 @@ async fn vendors(report: &mut String) {
     .unwrap();
 }
 
+/// The schema the PostgreSQL section's host lives in, dropped before and after.
+const PG_SCHEMA: &str = "bench_load";
+
+fn postgres_url() -> String {
+    std::env::var("APPROVAL_HOST_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+async fn drop_pg_schema() {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&postgres_url()).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// A database URL whose tables go to a fresh [`PG_SCHEMA`] of the test server.
+async fn fresh_pg_schema() -> String {
+    use sqlx::Connection as _;
+    drop_pg_schema().await;
+    let base = postgres_url();
+    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {PG_SCHEMA}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{PG_SCHEMA}")
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let chosen: Vec<String> = std::env::args()
@@ -987,9 +1018,9 @@ fn main() {
             match section {
                 "decisions" => decisions(&mut report, None, "SQLite").await,
                 "postgres" => {
-                    let url = std::env::var("APPROVAL_HOST_TEST_POSTGRES")
-                        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+                    let url = fresh_pg_schema().await;
                     decisions(&mut report, Some(&url), "PostgreSQL").await;
+                    drop_pg_schema().await;
                 }
                 "neighbours" => neighbours(&mut report).await,
                 "pending" => pending(&mut report).await,
