@@ -453,6 +453,21 @@ async fn open_loop(url: &str, tokens: &[String], rate: f64, seconds: f64) -> (Ve
         latencies.push(ms);
         errors += u64::from(!ok);
     }
+    // `APPROVAL_HOST_BENCH_TIMELINE=file`: each request's due time and latency (ms), to see
+    // when the slow ones happen.
+    if let Some(path) = std::env::var_os("APPROVAL_HOST_BENCH_TIMELINE") {
+        let lines: String = latencies
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| {
+                format!(
+                    "{:.3} {ms:.3}\n",
+                    i as f64 * interval.as_secs_f64() * 1000.0
+                )
+            })
+            .collect();
+        std::fs::write(path, lines).unwrap();
+    }
     latencies.sort_by(f64::total_cmp);
     (latencies, errors)
 }
@@ -582,8 +597,17 @@ async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
     let health = sweep(&format!("{}/healthz", server.url), None, LEVELS, 4);
     let top = peak(&with_plugin);
     let half = top.rps / 2.0;
+    // The sweeps left each device of `with-plugin` with hundreds of requests in its last hour
+    // (every one of them read by each decision's history query); devices asking a few times a
+    // minute, as a fleet does, are a third vendor's, fresh.
+    let (_, fresh) = api
+        .vendor("open-loop", ACTORS, Some(plugin("velocity")), 250)
+        .await;
+    let per_device = with_plugin.iter().map(|r| r.rps * 6.0).sum::<f64>() / ACTORS as f64;
     eprintln!("{label}: open loop at {half:.0}/s");
-    let (latencies, errors) = open_loop(&server.url, &tokens, half, 8.0).await;
+    let (latencies, errors) = open_loop(&server.url, &fresh, half, 8.0).await;
+    eprintln!("{label}: open loop at {half:.0}/s, the swept devices");
+    let (swept, swept_errors) = open_loop(&server.url, &tokens, half, 8.0).await;
     let rss = server.rss_mib();
     let entries: Value = api
         .call(reqwest::Method::GET, "/v1/audit/checkpoint", ADMIN, None)
@@ -622,7 +646,8 @@ async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
     writeln!(
         report,
         "\nPeak: **{:.0} decisions/s** at concurrency {} (p99 {:.2} ms); without the plugin {:.0}/s; `/healthz` {:.0}/s. \
-         Open loop at half the peak ({half:.0}/s for 8 s, {} requests, {errors} errors): p50 {:.2} ms, p90 {:.2} ms, **p99 {:.2} ms**, max {:.2} ms. \
+         Open loop at half the peak ({half:.0}/s for 8 s, {} requests, {errors} errors) from {ACTORS} fresh devices: p50 {:.2} ms, p90 {:.2} ms, **p99 {:.2} ms**, max {:.2} ms. \
+         The same rate from the devices of the sweeps (about {per_device:.0} requests each in their last hour, {swept_errors} errors): p50 {:.2} ms, p90 {:.2} ms, **p99 {:.2} ms**, max {:.2} ms. \
          Host RSS after the run: {rss:.0} MiB; the audit log holds {} entries.",
         top.rps,
         top.concurrency,
@@ -634,6 +659,10 @@ async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
         percentile(&latencies, 0.9),
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(f64::NAN),
+        percentile(&swept, 0.5),
+        percentile(&swept, 0.9),
+        percentile(&swept, 0.99),
+        swept.last().copied().unwrap_or(f64::NAN),
         entries["size"],
     )
     .unwrap();
@@ -959,6 +988,40 @@ async fn vendors(report: &mut String) {
     .unwrap();
 }
 
+/// Only the open-loop run, at `APPROVAL_HOST_BENCH_RATE` requests/s (default 2,700), on
+/// SQLite: for looking into the latency tail (with `APPROVAL_HOST_BENCH_TIMELINE`).
+async fn open_loop_only(report: &mut String) {
+    let server = Server::start(None);
+    let api = Api {
+        url: server.url.clone(),
+        client: reqwest::Client::new(),
+    };
+    let (_, tokens) = api
+        .vendor("with-plugin", ACTORS, Some(plugin("velocity")), 250)
+        .await;
+    let rate: f64 = std::env::var("APPROVAL_HOST_BENCH_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2_700.0);
+    wrk(
+        &format!("{}/", server.url),
+        Some(&decision_script(&tokens, "open-loop-warm-up")),
+        16,
+        3,
+    );
+    let (latencies, errors) = open_loop(&server.url, &tokens, rate, 8.0).await;
+    writeln!(
+        report,
+        "Open loop at {rate:.0}/s for 8 s ({} requests, {errors} errors): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN),
+    )
+    .unwrap();
+}
+
 /// The schema the PostgreSQL section's host lives in, dropped before and after.
 const PG_SCHEMA: &str = "bench_load";
 
@@ -997,10 +1060,13 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let all = ["decisions", "postgres", "neighbours", "pending", "vendors"];
+    // Run only when named.
+    let extra = ["openloop"];
     let sections: Vec<&str> = if chosen.is_empty() {
         all.to_vec()
     } else {
         all.iter()
+            .chain(&extra)
             .copied()
             .filter(|s| chosen.iter().any(|c| c == s))
             .collect()
@@ -1025,6 +1091,7 @@ fn main() {
                 "neighbours" => neighbours(&mut report).await,
                 "pending" => pending(&mut report).await,
                 "vendors" => vendors(&mut report).await,
+                "openloop" => open_loop_only(&mut report).await,
                 _ => {}
             }
         });
