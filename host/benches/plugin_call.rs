@@ -390,5 +390,67 @@ mod native {
     }
 }
 
-criterion_group!(benches, bench_plugin_call);
+/// The same rules in Python (plugins/velocity-py, built by `scripts/bench` with componentize-py
+/// into `target/bench-plugins/velocity_py.wasm`): a fresh-instance call and a reused instance.
+/// Skipped when the component has not been built.
+fn bench_python_plugin(c: &mut Criterion) {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("bench-plugins/velocity_py.wasm");
+    let Ok(bytes) = std::fs::read(&path) else {
+        eprintln!(
+            "{} is not built: skipping plugin_call_python",
+            path.display()
+        );
+        return;
+    };
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let rt = PluginRuntime::new(RuntimeConfig::default()).unwrap();
+    let compiled = rt.compile(&bytes).unwrap();
+    // CPython needs more than the Rust plugin's defaults; within the platform maxima.
+    let limits = PluginLimits {
+        fuel: 200_000_000,
+        deadline: Duration::from_millis(250),
+        memory_bytes: 128 << 20,
+        ..PluginLimits::default()
+    };
+    let info = tokio.block_on(rt.describe(&compiled, &limits)).unwrap();
+    let plugin = LoadedPlugin {
+        identity: PluginIdentity {
+            vendor: "acme-toys".into(),
+            name: info.name.clone(),
+            version: 1,
+            sha256: compiled.sha256_hex(),
+        },
+        info,
+        compiled,
+    };
+    let input = bench_input();
+    let report = tokio.block_on(rt.classify(&plugin, &input, &limits));
+    let verdict = report.outcome.as_ref().unwrap();
+    assert_eq!(verdict.decision, Decision::Allow, "{verdict:?}");
+    eprintln!(
+        "python: first fresh call: fuel_used = {}, wall_time = {:?}",
+        report.fuel_used, report.wall_time
+    );
+    let mut reused = tokio.block_on(rt.reused_instance(&plugin)).unwrap();
+    let mut group = c.benchmark_group("plugin_call_python");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function("fresh_instance_call", |b| {
+        b.iter(|| tokio.block_on(rt.classify(black_box(&plugin), black_box(&input), &limits)));
+    });
+    group.bench_function("reused_instance_call", |b| {
+        b.iter(|| tokio.block_on(reused.classify(black_box(&input))).unwrap());
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_plugin_call, bench_python_plugin);
 criterion_main!(benches);
