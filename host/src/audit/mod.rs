@@ -744,6 +744,25 @@ async fn writer(db: Db, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>, max
 
 type Done = (Reply, Box<dyn Any + Send>, Range<usize>);
 
+/// What a batch's writes produced so far, in order: who to answer, and the entries and payloads
+/// to append.
+#[derive(Default)]
+struct Produced {
+    done: Vec<Done>,
+    entries: Vec<Entry>,
+    payloads: Vec<(String, Vec<u8>)>,
+}
+
+impl Produced {
+    fn keep(&mut self, reply: Reply, out: Audited<Box<dyn Any + Send>>) {
+        let start = self.entries.len();
+        self.entries.extend(out.entries);
+        self.payloads.extend(out.payloads);
+        self.done
+            .push((reply, out.value, start..self.entries.len()));
+    }
+}
+
 /// Runs one batch of writes in one transaction: each in a savepoint, then the append, then one
 /// commit. Every writer hears back exactly once.
 async fn run_batch(db: &Db, mut batch: Vec<Job>) {
@@ -766,9 +785,7 @@ async fn run_batch(db: &Db, mut batch: Vec<Job>) {
             return;
         }
     };
-    let mut done: Vec<Done> = Vec::with_capacity(batch.len());
-    let mut entries = Vec::new();
-    let mut payloads = Vec::new();
+    let mut produced = Produced::default();
     let mut bulk: Vec<BulkGroup> = Vec::new();
     let mut jobs = batch.into_iter();
     while let Some(Job { work, reply, .. }) = jobs.next() {
@@ -784,49 +801,63 @@ async fn run_batch(db: &Db, mut batch: Vec<Job>) {
                 }
                 continue;
             }
-            work => run_one(&mut tx, work).await,
+            Work::Entries(out) => Ran::Done(out),
+            Work::Write(write) => in_savepoint(&mut tx, write).await,
         };
         match ran {
-            Ran::Done(out) => {
-                let start = entries.len();
-                entries.extend(out.entries);
-                payloads.extend(out.payloads);
-                done.push((reply, out.value, start..entries.len()));
-            }
+            Ran::Done(out) => produced.keep(reply, out),
             Ran::Failed(e) => {
                 let _ = reply.send(Err(e));
             }
             Ran::Broken(e) => {
                 tracing::error!(error = %e, "an audited write could not be undone");
                 let _ = reply.send(Err(e));
-                return abandon(done, bulk, jobs.map(|j| j.reply));
+                return abandon(produced.done, bulk, jobs.map(|j| j.reply));
             }
         }
     }
     let mut groups = bulk.into_iter();
     while let Some(group) = groups.next() {
         let (items, replies): (Vec<_>, Vec<_>) = group.items.into_iter().unzip();
-        match run_bulk(&mut tx, group.write, items).await {
-            BulkRan::Done(outs) => {
+        let count = items.len();
+        let write = group.write;
+        let ran = in_savepoint(&mut tx, move |conn: &mut AnyConnection| {
+            Box::pin(async move {
+                let outs = write(conn, items).await?;
+                if outs.len() == count {
+                    Ok(outs)
+                } else {
+                    Err(StoreError::Corrupt(format!(
+                        "a bulk write of {count} items returned {} outcomes",
+                        outs.len()
+                    )))
+                }
+            }) as BulkOutcomes<'_>
+        })
+        .await;
+        match ran {
+            Ran::Done(outs) => {
                 for (reply, out) in replies.into_iter().zip(outs) {
-                    let start = entries.len();
-                    entries.extend(out.entries);
-                    payloads.extend(out.payloads);
-                    done.push((reply, out.value, start..entries.len()));
+                    produced.keep(reply, out);
                 }
             }
-            BulkRan::Failed(e) => {
+            Ran::Failed(e) => {
                 let message = e.to_string();
                 for reply in replies {
                     let _ = reply.send(Err(StoreError::BatchFailed(message.clone())));
                 }
             }
-            BulkRan::Broken(e) => {
+            Ran::Broken(e) => {
                 tracing::error!(error = %e, "a bulk write could not be undone");
-                return abandon(done, groups.collect(), replies.into_iter());
+                return abandon(produced.done, groups.collect(), replies.into_iter());
             }
         }
     }
+    let Produced {
+        done,
+        entries,
+        payloads,
+    } = produced;
     let committed: Result<u64, StoreError> = async {
         let first = if entries.is_empty() {
             0
@@ -880,68 +911,26 @@ fn abandon(done: Vec<Done>, bulk: Vec<BulkGroup>, pending: impl Iterator<Item = 
     }
 }
 
-/// How a bulk group went.
-enum BulkRan {
-    Done(Vec<Audited<Box<dyn Any + Send>>>),
-    /// Its savepoint was rolled back: the batch goes on.
-    Failed(StoreError),
-    /// Rolling back failed too: the whole batch must be abandoned.
-    Broken(StoreError),
-}
-
-/// Runs a bulk group in a savepoint.
-async fn run_bulk(
-    tx: &mut AnyConnection,
-    write: BulkFn,
-    items: Vec<Box<dyn Any + Send>>,
-) -> BulkRan {
-    let count = items.len();
-    let mut savepoint = match tx.begin().await {
-        Ok(savepoint) => savepoint,
-        Err(e) => return BulkRan::Broken(e.into()),
-    };
-    let written = match write(&mut savepoint, items).await {
-        Ok(outs) if outs.len() == count => Ok(outs),
-        Ok(outs) => Err(StoreError::Corrupt(format!(
-            "a bulk write of {count} items returned {} outcomes",
-            outs.len()
-        ))),
-        Err(e) => Err(e),
-    };
-    match written {
-        Ok(outs) => match savepoint.commit().await {
-            Ok(()) => BulkRan::Done(outs),
-            Err(e) => BulkRan::Broken(e.into()),
-        },
-        Err(e) => match savepoint.rollback().await {
-            Ok(()) => BulkRan::Failed(e),
-            Err(rollback) => BulkRan::Broken(rollback.into()),
-        },
-    }
-}
-
-/// How one write of a batch went.
-enum Ran {
-    Done(Audited<Box<dyn Any + Send>>),
+/// How a write of a batch (one job's, or a bulk group's) went.
+enum Ran<T> {
+    Done(T),
     /// The write failed and its savepoint was rolled back: the batch goes on.
     Failed(StoreError),
     /// Rolling back failed too: the whole batch must be abandoned.
     Broken(StoreError),
 }
 
-async fn run_one(tx: &mut AnyConnection, work: Work) -> Ran {
-    let work = match work {
-        Work::Entries(done) => return Ran::Done(done),
-        Work::Write(work) => work,
-        Work::Bulk { .. } => {
-            return Ran::Failed(StoreError::Corrupt("a bulk item run on its own".into()));
-        }
-    };
+/// Runs `write` in a savepoint of the batch's transaction: kept if it succeeds, rolled back if
+/// it fails.
+async fn in_savepoint<T>(
+    tx: &mut AnyConnection,
+    write: impl for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, StoreError>>,
+) -> Ran<T> {
     let mut savepoint = match tx.begin().await {
         Ok(savepoint) => savepoint,
         Err(e) => return Ran::Broken(e.into()),
     };
-    match work(&mut savepoint).await {
+    match write(&mut savepoint).await {
         Ok(out) => match savepoint.commit().await {
             Ok(()) => Ran::Done(out),
             Err(e) => Ran::Broken(e.into()),
