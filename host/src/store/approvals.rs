@@ -311,8 +311,18 @@ fn bind_record<'q>(query: AnyQuery<'q>, r: &ApprovalRecord) -> AnyQuery<'q> {
         .bind(r.retry_after_ms.map(i64_of))
 }
 
-/// The number of columns in [`COLUMNS`].
-const COLUMN_COUNT: usize = 32;
+/// The number of columns in [`COLUMNS`], counted from it.
+const COLUMN_COUNT: usize = {
+    let bytes = COLUMNS.as_bytes();
+    let (mut commas, mut i) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            commas += 1;
+        }
+        i += 1;
+    }
+    commas + 1
+};
 
 /// Records per multi-row insert (within SQLite's 32,766 bound parameters).
 const RECORDS_PER_INSERT: usize = 500;
