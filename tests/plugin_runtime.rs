@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use approval_host::plugin::{
-    CallReport, LoadedPlugin, PluginError, PluginIdentity, PluginLimits, PluginRuntime,
-    RuntimeConfig, UploadError,
+    CallReport, LoadedPlugin, PluginError, PluginLimits, PluginRuntime, RuntimeConfig, UploadError,
 };
 use approval_host::risk::{Action, ClassifyInput, CounterOffer, Decision, Money, PluginInfo, Rule};
 use common::{input, payment, plugin, runtime};
@@ -23,16 +22,7 @@ async fn load(rt: &PluginRuntime, name: &str) -> LoadedPlugin {
 }
 
 fn loaded(compiled: approval_host::plugin::CompiledPlugin, info: PluginInfo) -> LoadedPlugin {
-    LoadedPlugin {
-        identity: PluginIdentity {
-            vendor: "acme-toys".into(),
-            name: info.name.clone(),
-            version: 1,
-            sha256: compiled.sha256_hex(),
-        },
-        info,
-        compiled,
-    }
+    LoadedPlugin::new("acme-toys", 1, compiled, info)
 }
 
 /// Loads a plugin whose `describe` cannot run, with a stand-in description.

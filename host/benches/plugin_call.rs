@@ -19,8 +19,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use approval_host::plugin::{
-    LoadedPlugin, PluginError, PluginIdentity, PluginLimits, PluginRuntime, RuntimeConfig,
-    UploadError,
+    LoadedPlugin, PluginError, PluginLimits, PluginRuntime, RuntimeConfig, UploadError,
 };
 use approval_host::risk::{
     Action, Activity, ClassifyInput, CounterOffer, Decision, EffectivePolicy, History, Money,
@@ -111,6 +110,18 @@ fn expect_allow(verdict: &Verdict) {
     assert_eq!(verdict.reason, "no velocity rule fired");
 }
 
+/// Compiles and describes a component as acme-toys' plugin, version 1.
+fn load(
+    tokio: &tokio::runtime::Runtime,
+    rt: &PluginRuntime,
+    bytes: &[u8],
+    limits: &PluginLimits,
+) -> LoadedPlugin {
+    let compiled = rt.compile(bytes).unwrap();
+    let info = tokio.block_on(rt.describe(&compiled, limits)).unwrap();
+    LoadedPlugin::new("acme-toys", 1, compiled, info)
+}
+
 fn bench_plugin_call(c: &mut Criterion) {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -118,19 +129,8 @@ fn bench_plugin_call(c: &mut Criterion) {
         .unwrap();
     let rt = PluginRuntime::new(RuntimeConfig::default()).unwrap();
     let bytes = std::fs::read(VELOCITY).unwrap_or_else(|e| panic!("{VELOCITY}: {e}"));
-    let compiled = rt.compile(&bytes).unwrap();
     let limits = PluginLimits::default();
-    let info = tokio.block_on(rt.describe(&compiled, &limits)).unwrap();
-    let plugin = LoadedPlugin {
-        identity: PluginIdentity {
-            vendor: "acme-toys".into(),
-            name: info.name.clone(),
-            version: 1,
-            sha256: compiled.sha256_hex(),
-        },
-        info,
-        compiled,
-    };
+    let plugin = load(&tokio, &rt, &bytes, &limits);
     let input = bench_input();
 
     // Every path must give the same answer before it is timed.
@@ -410,25 +410,10 @@ fn bench_python_plugin(c: &mut Criterion) {
         .build()
         .unwrap();
     let rt = PluginRuntime::new(RuntimeConfig::default()).unwrap();
-    let compiled = rt.compile(&bytes).unwrap();
-    // CPython needs more than the Rust plugin's defaults; within the platform maxima.
-    let limits = PluginLimits {
-        fuel: 200_000_000,
-        deadline: Duration::from_millis(250),
-        memory_bytes: 128 << 20,
-        ..PluginLimits::default()
-    };
-    let info = tokio.block_on(rt.describe(&compiled, &limits)).unwrap();
-    let plugin = LoadedPlugin {
-        identity: PluginIdentity {
-            vendor: "acme-toys".into(),
-            name: info.name.clone(),
-            version: 1,
-            sha256: compiled.sha256_hex(),
-        },
-        info,
-        compiled,
-    };
+    // The same default limits as the Rust plugin: CPython fits them (about 370,000 fuel and
+    // 1 ms a call).
+    let limits = PluginLimits::default();
+    let plugin = load(&tokio, &rt, &bytes, &limits);
     let input = bench_input();
     let report = tokio.block_on(rt.classify(&plugin, &input, &limits));
     let verdict = report.outcome.as_ref().unwrap();

@@ -11,9 +11,7 @@ use approval_host::audit::verify::verify_export;
 use approval_host::audit::{AuditConfig, AuditLog, Receipt, entry};
 use approval_host::clock::SystemClock;
 use approval_host::config::ServeConfig;
-use approval_host::plugin::{
-    CallReport, LoadedPlugin, PluginIdentity, PluginLimits, PluginRuntime, RuntimeConfig,
-};
+use approval_host::plugin::{CallReport, LoadedPlugin, PluginLimits, PluginRuntime, RuntimeConfig};
 use approval_host::risk::{
     Action, ClassifyInput, CounterOffer, EffectivePolicy, History, Money, RiskRequest,
 };
@@ -361,16 +359,7 @@ async fn load(rt: &PluginRuntime, file: &Path) -> anyhow::Result<LoadedPlugin> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let compiled = rt.compile(&bytes)?;
     let info = rt.describe(&compiled, &PluginLimits::default()).await?;
-    Ok(LoadedPlugin {
-        identity: PluginIdentity {
-            vendor: "local".into(),
-            name: info.name.clone(),
-            version: 0,
-            sha256: compiled.sha256_hex(),
-        },
-        info,
-        compiled,
-    })
+    Ok(LoadedPlugin::new("local", 0, compiled, info))
 }
 
 async fn check(file: &Path) -> anyhow::Result<()> {

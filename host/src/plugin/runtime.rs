@@ -121,6 +121,23 @@ pub struct LoadedPlugin {
     pub compiled: CompiledPlugin,
 }
 
+impl LoadedPlugin {
+    /// `compiled` as `vendor`'s plugin `version`, named by what it described (`info`): for
+    /// plugins run outside the registry (the CLI, tests, benchmarks).
+    pub fn new(vendor: &str, version: u32, compiled: CompiledPlugin, info: PluginInfo) -> Self {
+        Self {
+            identity: PluginIdentity {
+                vendor: vendor.to_owned(),
+                name: info.name.clone(),
+                version,
+                sha256: compiled.sha256_hex(),
+            },
+            info,
+            compiled,
+        }
+    }
+}
+
 /// What one call did: everything the audit log records about a plugin's classification.
 #[derive(Debug, Clone)]
 pub struct CallReport {
