@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
+#[path = "../../tests/common/wasm.rs"]
+mod wasm;
+use wasm::{plugin, variant};
+
 const ADMIN: &str = "bench-admin-token";
 
 fn target_dir() -> PathBuf {
@@ -33,36 +37,6 @@ fn target_dir() -> PathBuf {
         .parent()
         .unwrap()
         .to_owned()
-}
-
-fn plugin(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("APPROVAL_HOST_PLUGINS_DIR")).join(format!("{name}.wasm")))
-        .unwrap()
-}
-
-/// `component` with a custom section naming `tag` appended: the same code, but its own sha256,
-/// so the host compiles, caches and instantiates it as a plugin of its own.
-fn distinct(mut component: Vec<u8>, tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"bench-tag";
-    let mut body = Vec::new();
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name);
-    body.extend_from_slice(tag.as_bytes());
-    component.push(0);
-    leb(body.len(), &mut component);
-    component.extend_from_slice(&body);
-    component
 }
 
 /// A running `approval-host serve` on a free loopback port; stopped (SIGTERM) on drop.
@@ -122,6 +96,14 @@ impl Server {
             url,
             stopped: false,
             _data: None,
+        }
+    }
+
+    /// A client of this host's API.
+    fn api(&self) -> Api {
+        Api {
+            url: self.url.clone(),
+            client: reqwest::Client::new(),
         }
     }
 
@@ -571,10 +553,7 @@ const ACTORS: usize = 2_000;
 
 async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
     let server = Server::start(database);
-    let api = Api {
-        url: server.url.clone(),
-        client: reqwest::Client::new(),
-    };
+    let api = server.api();
     let (_, tokens) = api
         .vendor("with-plugin", ACTORS, Some(plugin("velocity")), 250)
         .await;
@@ -670,10 +649,7 @@ async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
 
 async fn neighbours(report: &mut String) {
     let server = Server::start(None);
-    let api = Api {
-        url: server.url.clone(),
-        client: reqwest::Client::new(),
-    };
+    let api = server.api();
     let (_, quiet_tokens) = api
         .vendor("vendor-a", 100, Some(plugin("velocity")), 250)
         .await;
@@ -801,10 +777,7 @@ async fn pending(report: &mut String) {
     let file = data.path().join("approval-host.db");
     let url = format!("sqlite://{}", file.display());
     let mut server = Server::start_at(data.path(), None);
-    let mut api = Api {
-        url: server.url.clone(),
-        client: reqwest::Client::new(),
-    };
+    let mut api = server.api();
     eprintln!("pending: {WAITING_ACTORS} devices, each with a ¥600 payment waiting");
     let (_, tokens) = api.vendor("waiting", WAITING_ACTORS, None, 250).await;
     let (_, others) = api.vendor("busy", 2_000, None, 250).await;
@@ -933,17 +906,14 @@ const DEVICES_PER_VENDOR: usize = 20;
 
 async fn vendors(report: &mut String) {
     let server = Server::start(None);
-    let api = Api {
-        url: server.url.clone(),
-        client: reqwest::Client::new(),
-    };
+    let api = server.api();
     let rss_empty = server.rss_mib();
     eprintln!("vendors: {VENDORS} vendors, each uploading its own build of velocity");
     let mut fleets = Vec::new();
     let uploads = Instant::now();
     for v in 0..VENDORS {
         let id = format!("vendor-{v:03}");
-        let bytes = distinct(plugin("velocity"), &id);
+        let bytes = variant(&plugin("velocity"), &id);
         let (_, tokens) = api.vendor(&id, DEVICES_PER_VENDOR, Some(bytes), 250).await;
         fleets.push(tokens);
     }
@@ -972,8 +942,7 @@ async fn vendors(report: &mut String) {
          | {VENDORS} vendors' plugins, each request to the next vendor | {:.0} | {:.2} ms | {:.2} ms | {rss_all:.0} MiB |\n\n\
          {VENDORS} distinct components (the velocity plugin with a custom section naming its vendor, so each has its own sha256, \
          compilation and cache entry) were uploaded and activated in {:.1} s. Host RSS: {rss_empty:.0} MiB empty, {rss_seeded:.0} MiB with the {VENDORS} plugins loaded \
-         ({:.2} MiB per plugin). Every call takes a fresh instance from the one pooling allocator, whichever vendor it belongs to, \
-         so memory is bounded by the pool's concurrent-call slots, not by the number of plugins: \
+         ({:.2} MiB per plugin). Every call takes a fresh instance from the one pooling allocator, whichever vendor it belongs to; \
          all vendors in turn run at {:.2}× the single vendor's throughput.",
         alone.rps,
         alone.p50_ms,
@@ -992,10 +961,7 @@ async fn vendors(report: &mut String) {
 /// SQLite: for looking into the latency tail (with `APPROVAL_HOST_BENCH_TIMELINE`).
 async fn open_loop_only(report: &mut String) {
     let server = Server::start(None);
-    let api = Api {
-        url: server.url.clone(),
-        client: reqwest::Client::new(),
-    };
+    let api = server.api();
     let (_, tokens) = api
         .vendor("with-plugin", ACTORS, Some(plugin("velocity")), 250)
         .await;
