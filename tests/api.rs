@@ -165,11 +165,7 @@ async fn approve(db: TestDb) {
         .get_later(&format!("/v1/approvals/{id}?wait=10"), &w.agent);
     let (status, settled) = w
         .host
-        .post(
-            &format!("/v1/approvals/{id}/decision"),
-            &w.mom,
-            json!({"decision": "approve"}),
-        )
+        .decide(&id, &w.mom, json!({"decision": "approve"}))
         .await;
     assert_eq!(
         (status, settled["status"].as_str()),
@@ -235,8 +231,8 @@ async fn deny(db: TestDb) {
     let id = asked["id"].as_str().unwrap();
     let (status, settled) = w
         .host
-        .post(
-            &format!("/v1/approvals/{id}/decision"),
+        .decide(
+            id,
             &w.dad,
             json!({"decision": "deny", "reason": "we said no more toys this month"}),
         )
@@ -287,11 +283,7 @@ async fn timeout(db: TestDb) {
     assert_eq!(body["decision_method"], "timeout");
     let (status, body) = w
         .host
-        .post(
-            &format!("/v1/approvals/{id}/decision"),
-            &w.mom,
-            json!({"decision": "approve"}),
-        )
+        .decide(&id, &w.mom, json!({"decision": "approve"}))
         .await;
     assert_eq!(
         (status, body["code"].as_str()),
@@ -877,11 +869,7 @@ async fn events_and_proofs(db: TestDb) {
         ("approval", Some("pending"))
     );
     w.host
-        .post(
-            &format!("/v1/approvals/{id}/decision"),
-            &w.mom,
-            json!({"decision": "approve"}),
-        )
+        .decide(&id, &w.mom, json!({"decision": "approve"}))
         .await;
     let (name, settled) = events.next_within(10).await.unwrap();
     assert_eq!(

@@ -163,11 +163,7 @@ async fn webhooks(db: TestDb) {
     // The settlement's first attempt fails; it is retried after the backoff.
     *receiver.failing.lock().unwrap() = 1;
     w.host
-        .post(
-            &format!("/v1/approvals/{id}/decision"),
-            &w.mom,
-            json!({"decision": "approve"}),
-        )
+        .decide(&id, &w.mom, json!({"decision": "approve"}))
         .await;
     receiver.wait_for(2).await;
     // The settlement's delivery in the log (the clock stands still: find it by type).
@@ -315,11 +311,7 @@ async fn mcp_tools(db: TestDb) {
     let id = approval["id"].as_str().unwrap().to_owned();
 
     w.host
-        .post(
-            &format!("/v1/approvals/{id}/decision"),
-            &w.mom,
-            json!({"decision": "approve"}),
-        )
+        .decide(&id, &w.mom, json!({"decision": "approve"}))
         .await;
     let (_, waited) = mcp(
         &w,
@@ -511,11 +503,7 @@ async fn push_crosses_replicas_on_postgres() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (status, _) = second
         .host
-        .post(
-            &format!("/v1/approvals/{id}/decision"),
-            &second.mom,
-            json!({"decision": "approve"}),
-        )
+        .decide(&id, &second.mom, json!({"decision": "approve"}))
         .await;
     assert_eq!(status, 200);
     let (status, answer) = waiting.await.unwrap();
@@ -660,15 +648,11 @@ async fn the_demo_serves_a_ready_world_and_stops_gracefully() {
         field("pending_approval"),
     );
     let client = reqwest::Client::new();
-    let inbox: Value = client
-        .get(format!("{base}/v1/inbox"))
-        .bearer_auth(&guardian)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = |path: &str, token: &str| {
+        let request = client.get(format!("{base}{path}")).bearer_auth(token);
+        async move { common::answer(request.send().await.unwrap()).await }
+    };
+    let (_, inbox) = get("/v1/inbox", &guardian).await;
     assert_eq!(inbox["pending"][0]["id"], pending.as_str());
     let decided = client
         .post(format!("{base}/v1/approvals/{pending}/decision"))
@@ -678,25 +662,9 @@ async fn the_demo_serves_a_ready_world_and_stops_gracefully() {
         .await
         .unwrap();
     assert_eq!(decided.status().as_u16(), 200);
-    let answer: Value = client
-        .get(format!("{base}/v1/approvals/{pending}"))
-        .bearer_auth(&agent)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, answer) = get(&format!("/v1/approvals/{pending}"), &agent).await;
     assert_eq!(answer["status"], "approved");
-    let (status, _) = common::answer(
-        client
-            .get(format!("{base}/v1/vendors"))
-            .bearer_auth(field("admin_token"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = get("/v1/vendors", &field("admin_token")).await;
     assert_eq!(status, 200);
     // The running host's audit log verifies offline, fetched by URL.
     let verified = tokio::process::Command::new(env!("CARGO_BIN_EXE_approval-host"))

@@ -317,6 +317,24 @@ impl TestHost {
         tokio::spawn(async move { answer(request.send().await.unwrap()).await })
     }
 
+    /// Sends `body` as JSON with `method` to `path` as `token`: (status, JSON body).
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        answer(
+            self.call(method, path, token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     /// POST `body` to `path` as `token`: (status, JSON body).
     pub async fn post(
         &self,
@@ -324,14 +342,8 @@ impl TestHost {
         token: &str,
         body: serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        answer(
-            self.call(reqwest::Method::POST, path, token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+        self.send_json(reqwest::Method::POST, path, token, body)
+            .await
     }
 
     /// PUT `body` to `path` as `token`: (status, JSON body).
@@ -341,14 +353,19 @@ impl TestHost {
         token: &str,
         body: serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        answer(
-            self.call(reqwest::Method::PUT, path, token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+        self.send_json(reqwest::Method::PUT, path, token, body)
+            .await
+    }
+
+    /// A guardian's (or anyone's) decision `body` on approval `id` as `token`.
+    pub async fn decide(
+        &self,
+        id: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.post(&format!("/v1/approvals/{id}/decision"), token, body)
+            .await
     }
 
     /// Creates a vendor through the API and returns its key.
