@@ -3,7 +3,7 @@
 // browser; and per-device thresholds.
 
 import { ApiError, get, post, put, stream } from "/console/api.js";
-import { announce, dialog, field, h, left, minorPerMajor, money, parseMajor, statusBadge, when } from "/console/ui.js";
+import { announce, dialog, field, h, left, minorPerMajor, money, parseMajor, statusBadge, tabbedView, when } from "/console/ui.js";
 import { b64decode, leafHash, openCheckpoint, verifyInclusion } from "/console/verify.js";
 
 /** Payments of at least this many minor units must be retyped to be approved. */
@@ -34,26 +34,19 @@ export function guardianView(root, me, onExpired) {
   const empty = h("p", { class: "hint", id: "inbox-empty" }, "Nothing is waiting for you.");
   const flags = h("div", { id: "flags" });
   const message = h("div", { id: "guardian-message", role: "status" });
-  const tabs = {
-    inbox: h("section", { "aria-labelledby": "t-inbox" }, h("h2", { id: "t-inbox" }, "Waiting for you"), flags, message, empty, inboxList),
-    history: h("section", { "aria-labelledby": "t-history", hidden: true }, h("h2", { id: "t-history" }, "Your decisions")),
-    devices: h("section", { "aria-labelledby": "t-devices", hidden: true }, h("h2", { id: "t-devices" }, "Your devices")),
-  };
-  const nav = h("nav", { class: "tabs", "aria-label": "Guardian" });
-  for (const [name, label] of [["inbox", "Inbox"], ["history", "History"], ["devices", "Devices"]]) {
-    nav.append(h("button", { type: "button", class: "secondary", "data-tab": name, onclick: () => show(name) }, label));
-  }
-  root.replaceChildren(nav, ...Object.values(tabs));
-
-  function show(name) {
-    for (const [tab, section] of Object.entries(tabs)) section.hidden = tab !== name;
-    for (const b of nav.querySelectorAll("button")) {
-      if (b.dataset.tab === name) b.setAttribute("aria-current", "page");
-      else b.removeAttribute("aria-current");
-    }
-    if (name === "history") renderHistory();
-    if (name === "devices") renderDevices();
-  }
+  const { sections: tabs, show } = tabbedView(
+    root,
+    "Guardian",
+    [
+      { name: "inbox", label: "Inbox", heading: "Waiting for you", id: "t-inbox", content: [flags, message, empty, inboxList] },
+      { name: "history", label: "History", heading: "Your decisions", id: "t-history" },
+      { name: "devices", label: "Devices", heading: "Your devices", id: "t-devices" },
+    ],
+    (name) => {
+      if (name === "history") renderHistory();
+      if (name === "devices") renderDevices();
+    },
+  );
 
   function say(kind, text) {
     message.replaceChildren(h("p", { class: `notice ${kind}` }, text));

@@ -3,7 +3,7 @@
 // vendors, and volume flags.
 
 import { get } from "/console/api.js";
-import { announce, h, mixChart, when } from "/console/ui.js";
+import { announce, h, mixChart, tabbedView, when } from "/console/ui.js";
 import { b64decode, verifyEntry } from "/console/verify.js";
 
 const TYPES = ["request_received", "plugin_classified", "rule_fired", "decided", "rate_limited",
@@ -20,26 +20,19 @@ function summary(entry) {
 }
 
 export function platformView(root) {
-  const tabs = {
-    audit: h("section", { "aria-labelledby": "t-audit" }, h("h2", { id: "t-audit" }, "Audit explorer")),
-    health: h("section", { "aria-labelledby": "t-health", hidden: true }, h("h2", { id: "t-health" }, "Plugin health")),
-    flags: h("section", { "aria-labelledby": "t-pflags", hidden: true }, h("h2", { id: "t-pflags" }, "Flagged devices")),
-  };
-  const nav = h("nav", { class: "tabs", "aria-label": "Platform" });
-  for (const [name, label] of [["audit", "Audit"], ["health", "Plugin health"], ["flags", "Flags"]]) {
-    nav.append(h("button", { type: "button", class: "secondary", "data-tab": name, onclick: () => show(name) }, label));
-  }
-  root.replaceChildren(nav, ...Object.values(tabs));
-
-  function show(name) {
-    for (const [tab, section] of Object.entries(tabs)) section.hidden = tab !== name;
-    for (const b of nav.querySelectorAll("button")) {
-      if (b.dataset.tab === name) b.setAttribute("aria-current", "page");
-      else b.removeAttribute("aria-current");
-    }
-    if (name === "health") renderHealth();
-    if (name === "flags") renderFlags();
-  }
+  const { sections: tabs, show } = tabbedView(
+    root,
+    "Platform",
+    [
+      { name: "audit", label: "Audit", heading: "Audit explorer", id: "t-audit" },
+      { name: "health", label: "Plugin health", heading: "Plugin health", id: "t-health" },
+      { name: "flags", label: "Flags", heading: "Flagged devices", id: "t-pflags" },
+    ],
+    (name) => {
+      if (name === "health") renderHealth();
+      if (name === "flags") renderFlags();
+    },
+  );
 
   // ---- the explorer
   const filters = {};

@@ -18,6 +18,30 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/**
+ * A tab bar over sections, put into `root`: `tabs = [{name, label, heading, id, content}]`, the
+ * first shown at first. `onShow(name)` runs whenever a tab is shown. Returns the sections by
+ * name and `show(name)`.
+ */
+export function tabbedView(root, navLabel, tabs, onShow) {
+  const sections = {};
+  const nav = h("nav", { class: "tabs", "aria-label": navLabel });
+  tabs.forEach(({ name, label, heading, id, content = [] }, i) => {
+    sections[name] = h("section", { "aria-labelledby": id, hidden: i > 0 }, h("h2", { id }, heading), ...content);
+    nav.append(h("button", { type: "button", class: "secondary", "data-tab": name, onclick: () => show(name) }, label));
+  });
+  root.replaceChildren(nav, ...Object.values(sections));
+  function show(name) {
+    for (const [tab, section] of Object.entries(sections)) section.hidden = tab !== name;
+    for (const b of nav.querySelectorAll("button")) {
+      if (b.dataset.tab === name) b.setAttribute("aria-current", "page");
+      else b.removeAttribute("aria-current");
+    }
+    onShow(name);
+  }
+  return { sections, show };
+}
+
 const SYMBOLS = { CNY: "¥", JPY: "¥", USD: "$", EUR: "€", GBP: "£" };
 const DIGITS = { JPY: 0, KRW: 0 };
 
@@ -96,44 +120,52 @@ export function field(label, attrs = {}) {
 
 const COLORS = { allow: "#1f7a3a", escalate: "#b86e00", deny: "#b3261e", error: "#5b5f6b" };
 
+const SVG = "http://www.w3.org/2000/svg";
+const CHART_WIDTH = 320;
+const LABEL_WIDTH = 96;
+
+/** An SVG element with `attrs`. */
+function svgEl(tag, attrs, text) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) el.setAttribute(key, String(value));
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+/** A chart's SVG for `rows` rows of `rowHeight`, read out as `label`. */
+function chartSvg(rows, rowHeight, label) {
+  return svgEl("svg", {
+    viewBox: `0 0 ${CHART_WIDTH} ${rows * rowHeight + 4}`,
+    class: "chart",
+    role: "img",
+    "aria-label": label,
+  });
+}
+
+/** A row's text at `x`, `y` in a chart. */
+function chartText(x, y, text) {
+  return svgEl("text", { x, y, "font-size": 12, fill: "#14161a" }, text);
+}
+
 /**
  * Horizontal stacked bars, one per row: `rows = [{label, parts: {allow, escalate, deny, error}}]`.
  * The chart has a text alternative; the legend names the colours.
  */
 export function mixChart(rows, title) {
-  const width = 320;
   const rowHeight = 26;
-  const labelWidth = 96;
-  const svgNS = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(svgNS, "svg");
-  svg.setAttribute("viewBox", `0 0 ${width} ${rows.length * rowHeight + 4}`);
-  svg.setAttribute("class", "chart");
-  svg.setAttribute("role", "img");
   const summary = rows
     .map((r) => `${r.label}: ${Object.entries(r.parts).map(([k, v]) => `${v} ${k}`).join(", ")}`)
     .join("; ");
-  svg.setAttribute("aria-label", `${title}. ${summary}`);
+  const svg = chartSvg(rows.length, rowHeight, `${title}. ${summary}`);
   rows.forEach((r, i) => {
     const total = Object.values(r.parts).reduce((a, b) => a + b, 0);
     const y = i * rowHeight + 2;
-    const text = document.createElementNS(svgNS, "text");
-    text.setAttribute("x", "0");
-    text.setAttribute("y", String(y + 16));
-    text.setAttribute("font-size", "12");
-    text.setAttribute("fill", "#14161a");
-    text.textContent = r.label;
-    svg.append(text);
-    let x = labelWidth;
+    svg.append(chartText(0, y + 16, r.label));
+    let x = LABEL_WIDTH;
     for (const [kind, count] of Object.entries(r.parts)) {
       if (!total || !count) continue;
-      const w = ((width - labelWidth) * count) / total;
-      const rect = document.createElementNS(svgNS, "rect");
-      rect.setAttribute("x", String(x));
-      rect.setAttribute("y", String(y + 3));
-      rect.setAttribute("width", String(Math.max(w, 1)));
-      rect.setAttribute("height", String(rowHeight - 8));
-      rect.setAttribute("fill", COLORS[kind] || "#888");
-      svg.append(rect);
+      const w = ((CHART_WIDTH - LABEL_WIDTH) * count) / total;
+      svg.append(svgEl("rect", { x, y: y + 3, width: Math.max(w, 1), height: rowHeight - 8, fill: COLORS[kind] || "#888" }));
       x += w;
     }
   });
@@ -150,38 +182,17 @@ export function mixChart(rows, title) {
  * labelled with its value and `unit`. The chart has a text alternative.
  */
 export function barChart(rows, title, unit) {
-  const width = 320;
   const rowHeight = 24;
-  const labelWidth = 96;
-  const svgNS = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(svgNS, "svg");
-  svg.setAttribute("viewBox", `0 0 ${width} ${rows.length * rowHeight + 4}`);
-  svg.setAttribute("class", "chart");
-  svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", `${title}. ${rows.map((r) => `${r.label}: ${r.value} ${unit}`).join("; ")}`);
+  const svg = chartSvg(rows.length, rowHeight, `${title}. ${rows.map((r) => `${r.label}: ${r.value} ${unit}`).join("; ")}`);
   const max = Math.max(1, ...rows.map((r) => r.value));
   rows.forEach((r, i) => {
     const y = i * rowHeight + 2;
-    const label = document.createElementNS(svgNS, "text");
-    label.setAttribute("x", "0");
-    label.setAttribute("y", String(y + 15));
-    label.setAttribute("font-size", "12");
-    label.setAttribute("fill", "#14161a");
-    label.textContent = r.label;
-    const w = Math.max(((width - labelWidth - 64) * r.value) / max, r.value ? 1 : 0);
-    const rect = document.createElementNS(svgNS, "rect");
-    rect.setAttribute("x", String(labelWidth));
-    rect.setAttribute("y", String(y + 3));
-    rect.setAttribute("width", String(w));
-    rect.setAttribute("height", String(rowHeight - 8));
-    rect.setAttribute("fill", "#0b57d0");
-    const value = document.createElementNS(svgNS, "text");
-    value.setAttribute("x", String(labelWidth + w + 4));
-    value.setAttribute("y", String(y + 15));
-    value.setAttribute("font-size", "12");
-    value.setAttribute("fill", "#14161a");
-    value.textContent = `${r.value} ${unit}`;
-    svg.append(label, rect, value);
+    const w = Math.max(((CHART_WIDTH - LABEL_WIDTH - 64) * r.value) / max, r.value ? 1 : 0);
+    svg.append(
+      chartText(0, y + 15, r.label),
+      svgEl("rect", { x: LABEL_WIDTH, y: y + 3, width: w, height: rowHeight - 8, fill: "#0b57d0" }),
+      chartText(LABEL_WIDTH + w + 4, y + 15, `${r.value} ${unit}`),
+    );
   });
   return h("figure", {}, h("figcaption", { class: "hint" }, title), svg);
 }

@@ -3,28 +3,19 @@
 // requests, and the policy template editor.
 
 import { call, get, post, put } from "/console/api.js";
-import { announce, barChart, h, mixChart, statusBadge, when } from "/console/ui.js";
+import { announce, barChart, h, mixChart, statusBadge, tabbedView, when } from "/console/ui.js";
 
 export function vendorView(root, me) {
-  const tabs = {
-    plugins: h("section", { "aria-labelledby": "t-plugins" }, h("h2", { id: "t-plugins" }, "Plugins")),
-    policy: h("section", { "aria-labelledby": "t-policy", hidden: true }, h("h2", { id: "t-policy" }, "Policy template")),
-    flags: h("section", { "aria-labelledby": "t-flags", hidden: true }, h("h2", { id: "t-flags" }, "Flagged devices")),
-  };
-  const nav = h("nav", { class: "tabs", "aria-label": "Vendor" });
-  for (const [name, label] of [["plugins", "Plugins"], ["policy", "Policy"], ["flags", "Flags"]]) {
-    nav.append(h("button", { type: "button", class: "secondary", "data-tab": name, onclick: () => show(name) }, label));
-  }
-  root.replaceChildren(nav, ...Object.values(tabs));
-
-  function show(name) {
-    for (const [tab, section] of Object.entries(tabs)) section.hidden = tab !== name;
-    for (const b of nav.querySelectorAll("button")) {
-      if (b.dataset.tab === name) b.setAttribute("aria-current", "page");
-      else b.removeAttribute("aria-current");
-    }
-    ({ plugins: renderPlugins, policy: renderPolicy, flags: renderFlags })[name]();
-  }
+  const { sections: tabs, show } = tabbedView(
+    root,
+    "Vendor",
+    [
+      { name: "plugins", label: "Plugins", heading: "Plugins", id: "t-plugins" },
+      { name: "policy", label: "Policy", heading: "Policy template", id: "t-policy" },
+      { name: "flags", label: "Flags", heading: "Flagged devices", id: "t-flags" },
+    ],
+    (name) => ({ plugins: renderPlugins, policy: renderPolicy, flags: renderFlags })[name](),
+  );
 
   const message = h("div", { id: "vendor-message", role: "status" });
   function say(kind, text) {
