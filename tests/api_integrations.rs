@@ -229,8 +229,8 @@ async fn webhooks(db: TestDb) {
     assert_eq!(status, 202);
     let (status, _) = w
         .host
-        .post(
-            &format!("/v1/approvals/{}/decision", asked["id"].as_str().unwrap()),
+        .decide(
+            asked["id"].as_str().unwrap(),
             &w.mom,
             json!({"decision": "deny"}),
         )
@@ -239,6 +239,71 @@ async fn webhooks(db: TestDb) {
     assert_eq!(receiver.received.lock().unwrap().len(), 3);
     gate.add_permits(10);
     receiver.wait_for(5).await;
+}
+
+on_both_backends!(
+    cached_guardians_and_webhooks_follow_their_changes,
+    cached_settings
+);
+/// The host caches a device's guardians and whether a vendor has a webhook (every event reads
+/// both): a change is seen by the very next event.
+async fn cached_settings(db: TestDb) {
+    let w = world(&db).await;
+    // An event reads (and caches) both: mom guards the device, and there is no webhook.
+    let (status, _) = w.host.post("/v1/approvals", &w.agent, pay(60_000)).await;
+    assert_eq!(status, 202);
+
+    // Dad takes over the device, and the vendor sets a webhook.
+    w.host
+        .actor(&w.vendor, "teddy-7", &["toy"], &["guardian-dad"])
+        .await;
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let (status, hook) = w
+        .host
+        .put("/v1/vendor/webhook", &w.vendor, json!({"url": url}))
+        .await;
+    assert_eq!(status, 200);
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    let dad = w.host.guardian("guardian-dad");
+    let mut stream = Sse::new(
+        w.host
+            .call(Method::GET, "/v1/inbox/stream", &dad)
+            .send()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(stream.next_within(10).await.unwrap().0, "inbox");
+
+    let (status, asked) = w.host.post("/v1/approvals", &w.agent, pay(61_000)).await;
+    assert_eq!(status, 202);
+    let id = asked["id"].as_str().unwrap();
+    let (name, pushed) = stream
+        .next_within(10)
+        .await
+        .expect("the new guardian hears of the request");
+    assert_eq!(
+        (name.as_str(), pushed["id"].as_str()),
+        ("pending", Some(id))
+    );
+    // The first event may or may not have reached the webhook (it was set meanwhile); the
+    // second must.
+    let mut delivered = None;
+    for _ in 0..2_000 {
+        delivered = receiver
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, body)| serde_json::from_str::<Value>(body).unwrap()["data"]["id"] == id)
+            .cloned();
+        if delivered.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (headers, body) = delivered.expect("the new webhook gets the request");
+    check_signature(&secret, &headers, &body);
 }
 
 // ---- MCP ----------------------------------------------------------------------------------
@@ -508,6 +573,60 @@ async fn push_crosses_replicas_on_postgres() {
     assert_eq!(status, 200);
     let (status, answer) = waiting.await.unwrap();
     assert_eq!((status, answer["status"].as_str()), (200, Some("approved")));
+}
+
+/// A token revoked through one replica stops working on the other at once, though the other
+/// had it cached: the revocation reaches it by `NOTIFY`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_replica_reaches_the_others_cache() {
+    let db = common::postgres().await;
+    let first = world(&db).await;
+    let second = world_on(TestHost::start(&db, first.host.clock.clone()).await, false).await;
+    // The second replica caches credentials once it listens for other replicas' changes.
+    for _ in 0..200 {
+        if second.host.state.access.caching() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(second.host.state.access.caching());
+    let (status, _) = second
+        .host
+        .post("/v1/approvals", &first.agent, pay(1_000))
+        .await;
+    assert_eq!(
+        status, 200,
+        "the token works (and is cached) on the second replica"
+    );
+    let (status, _) = common::answer(
+        first
+            .host
+            .call(
+                Method::DELETE,
+                "/v1/vendor/actors/teddy-7/tokens",
+                &first.vendor,
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The notification is asynchronous: allow it a few seconds (the cache would keep the token
+    // for a minute without it).
+    let mut refused = false;
+    for _ in 0..100 {
+        let (status, _) = second
+            .host
+            .post("/v1/approvals", &first.agent, pay(1_000))
+            .await;
+        if status == 401 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "the second replica still accepts a revoked token");
 }
 
 // ---- the OpenAPI document ------------------------------------------------------------------

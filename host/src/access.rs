@@ -281,6 +281,12 @@ impl Access {
         }
     }
 
+    /// Whether vendor keys and agent tokens are served from the cache now (on PostgreSQL, only
+    /// while the listener that hears other replicas' revocations is up).
+    pub fn caching(&self) -> bool {
+        self.known.enabled()
+    }
+
     /// Issues a new API key for `vendor` (shown once: only its hash is kept).
     ///
     /// # Errors

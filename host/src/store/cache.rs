@@ -136,6 +136,11 @@ where
         }
     }
 
+    /// Whether values are cached now (on PostgreSQL, only while the change listener is up).
+    pub fn enabled(&self) -> bool {
+        self.versions.live()
+    }
+
     /// The value of `key`, from the cache while `topic` is unchanged, else from `load` (a
     /// `None` is not cached: it is for things that do not exist yet).
     ///
