@@ -372,6 +372,30 @@ async fn idempotency(db: TestDb) {
 }
 
 on_both_backends!(
+    concurrent_retries_of_an_answered_request_get_one_answer,
+    concurrent_retries
+);
+/// Allowed requests are written many to a statement; retries with one idempotency key that
+/// land in the same write still get one record, and every retry its answer.
+async fn concurrent_retries(db: TestDb) {
+    let host = host(&db).await;
+    let keyed = || NewRequest {
+        idempotency_key: Some("order-18".into()),
+        ..pay(1_000)
+    };
+    let asked = futures_util::future::join_all((0..10).map(|_| ask(&host, keyed()))).await;
+    let first = &asked[0].record;
+    assert_eq!(first.status, Status::Allowed);
+    assert!(asked.iter().all(|a| a.record.id == first.id), "one record");
+    let created = asked
+        .iter()
+        .filter(|a| a.relation == Relation::Created)
+        .count();
+    assert_eq!(created, 1, "the others are replays");
+    assert!(asked.iter().all(|a| a.record.token.is_some()));
+}
+
+on_both_backends!(
     one_hundred_concurrent_decisions_one_winner,
     concurrent_decisions
 );
