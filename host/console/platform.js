@@ -6,7 +6,7 @@ import { get } from "/console/api.js";
 import { announce, h, mixChart, tabbedView, when } from "/console/ui.js";
 import { b64decode, verifyEntry } from "/console/verify.js";
 
-const TYPES = ["request_received", "plugin_classified", "rule_fired", "decided", "rate_limited",
+const TYPES = ["request_received", "plugin_classified", "rule_fired", "decided", "rate_limited", "merged",
   "policy_changed", "overrides_changed", "plugin_uploaded", "plugin_state_changed", "payload_redacted"];
 
 function summary(entry) {

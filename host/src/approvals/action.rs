@@ -170,6 +170,31 @@ pub fn check_narrower(original: &Action, revised: &Action) -> Result<(), String>
     }
 }
 
+/// Whether `b` is a tiny variation of `a`, the params of two requests of the same action kind:
+/// the same fields, text equal but for case and surrounding spaces, numbers within 10% of each
+/// other. An agent that asks again with such a variation while the first request waits for a
+/// guardian is merged into it rather than notifying the guardian again.
+pub fn is_tiny_variation(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| is_tiny_variation(v, w)))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| is_tiny_variation(v, w))
+        }
+        (Value::String(x), Value::String(y)) => x.trim().to_lowercase() == y.trim().to_lowercase(),
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(p), Some(q)) if p.is_finite() && q.is_finite() => {
+                p == q || (p.signum() == q.signum() && (p - q).abs() <= 0.1 * p.abs().max(q.abs()))
+            }
+            _ => x == y,
+        },
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +274,49 @@ mod tests {
         assert!(check_narrower(&mint(950), &mint(500)).is_ok());
         assert!(check_narrower(&mint(950), &mint(960)).is_err());
         assert!(check_narrower(&mint(950), &pay(1, "shop")).is_err());
+    }
+
+    #[test]
+    fn tiny_variations_are_recognised_and_real_differences_are_not() {
+        let pay =
+            |units: u64, to: &str| json!({"amount": units, "currency": "CNY", "recipient": to});
+        assert!(is_tiny_variation(
+            &pay(60_000, "toy-shop"),
+            &pay(60_000, "toy-shop")
+        ));
+        assert!(is_tiny_variation(
+            &pay(60_000, "toy-shop"),
+            &pay(61_000, " Toy-Shop")
+        ));
+        assert!(is_tiny_variation(
+            &pay(60_000, "toy-shop"),
+            &pay(54_000, "toy-shop")
+        ));
+        assert!(!is_tiny_variation(
+            &pay(60_000, "toy-shop"),
+            &pay(53_000, "toy-shop")
+        ));
+        assert!(!is_tiny_variation(
+            &pay(60_000, "toy-shop"),
+            &pay(60_000, "candy-shop")
+        ));
+        assert!(!is_tiny_variation(
+            &pay(60_000, "toy-shop"),
+            &json!({"amount": 60_000, "currency": "CNY"})
+        ));
+        assert!(!is_tiny_variation(&json!({"n": 1}), &json!({"n": -1})));
+        assert!(!is_tiny_variation(&json!({"n": 0}), &json!({"n": 1})));
+        assert!(is_tiny_variation(
+            &json!({"rooms": ["Hall", 3]}),
+            &json!({"rooms": ["hall ", 3]})
+        ));
+        assert!(!is_tiny_variation(
+            &json!({"rooms": ["hall"]}),
+            &json!({"rooms": ["hall", "attic"]})
+        ));
+        assert!(!is_tiny_variation(
+            &json!({"on": true}),
+            &json!({"on": false})
+        ));
     }
 }

@@ -110,6 +110,10 @@ pub enum Relation {
     /// An identical request is still pending: this one joined it, and no guardian is notified
     /// again.
     JoinedPending,
+    /// A tiny variation of a request still pending (see [`action::is_tiny_variation`]): merged
+    /// into it (counted by the rate limit and the history, audited), and no guardian is notified
+    /// again. The record is the pending one, whose params the agent may be granted.
+    Merged,
 }
 
 /// A guardian's decision on a pending request.
@@ -314,6 +318,11 @@ enum NewRecord {
     /// An identical request, or one with the same idempotency key, got there first; the record
     /// (as it was before any change) is handed back for another attempt.
     Conflict(Box<ApprovalRecord>),
+    /// Merged into the pending request returned (as it now is), with the volume flag raised.
+    Merged(Box<ApprovalRecord>, Option<rows::Flag>),
+    /// The pending request to merge into was settled meanwhile; the record is handed back to be
+    /// stored on its own.
+    Gone(Box<ApprovalRecord>),
 }
 
 // The history's day covers every request that can still be pending (see `request`).
@@ -808,18 +817,34 @@ impl ApprovalService {
         // A unique index refusing the insert means an identical request got there first: answer
         // as if this one came second. If that request has meanwhile expired, try again.
         let volume = self.volume_flag(&record, &input.history, now);
+        // A tiny variation of a request still pending waits with it instead of asking the
+        // guardians again. (Two variations racing may both be stored: merging is best effort,
+        // joining identical requests is enforced by a unique index.)
+        let mut similar = match limit {
+            Some(_) if input.history.pending > 0 => self.similar_pending(&record).await?,
+            _ => None,
+        };
         let mut attempt = record;
         let mut stored = None;
         for _ in 0..4 {
-            let outcome = match limit {
-                None => self.store_answered(attempt, volume.clone()).await?,
-                Some(_) => self.store_new(attempt, limit, volume.clone()).await?,
+            let outcome = match (limit, similar.take()) {
+                (None, _) => self.store_answered(attempt, volume.clone()).await?,
+                (Some(limit), Some(into)) => {
+                    self.store_merged(attempt, into, limit, volume.clone())
+                        .await?
+                }
+                (Some(_), None) => self.store_new(attempt, limit, volume.clone()).await?,
             };
             match outcome {
                 NewRecord::Stored(record, flag) => {
-                    stored = Some((*record, flag));
+                    stored = Some((*record, flag, Relation::Created));
                     break;
                 }
+                NewRecord::Merged(record, flag) => {
+                    stored = Some((*record, flag, Relation::Merged));
+                    break;
+                }
+                NewRecord::Gone(record) => attempt = *record,
                 NewRecord::Conflict(record) => {
                     if let Some(key) = &new.idempotency_key
                         && let Some(found) = self.replay(&new, key, &record.params_hash).await?
@@ -833,12 +858,12 @@ impl ApprovalService {
                 }
             }
         }
-        let (record, flag) = stored.ok_or_else(|| {
+        let (record, flag, relation) = stored.ok_or_else(|| {
             ApprovalError::Store(StoreError::Corrupt(
                 "an identical request kept winning the insert".into(),
             ))
         })?;
-        if record.status == Status::Pending {
+        if record.status == Status::Pending && relation == Relation::Created {
             let notice = self.notice(record.clone(), Origin::Here).await?;
             self.publish(ApprovalEvent::Pending(notice));
         }
@@ -850,10 +875,76 @@ impl ApprovalService {
                 Origin::Here,
             ))));
         }
-        Ok(Requested {
-            record,
-            relation: Relation::Created,
-        })
+        Ok(Requested { record, relation })
+    }
+
+    /// The actor's pending request that `record` is a tiny variation of, if any.
+    async fn similar_pending(
+        &self,
+        record: &ApprovalRecord,
+    ) -> Result<Option<ApprovalRecord>, ApprovalError> {
+        let pending =
+            rows::pending_of_action(&self.db, &record.vendor, &record.actor, &record.action)
+                .await?;
+        Ok(pending.into_iter().find(|p| {
+            p.expires_at_ms.is_some_and(|at| at > record.created_at_ms)
+                && action::is_tiny_variation(&p.params, &record.params)
+        }))
+    }
+
+    /// Merges `record` (a request for a guardian) into the pending request `into`, with its
+    /// audit entries, in one transaction; over the rate limit it is stored as refused instead.
+    async fn store_merged(
+        &self,
+        record: ApprovalRecord,
+        into: ApprovalRecord,
+        limit: u32,
+        volume: Option<rows::Flag>,
+    ) -> Result<NewRecord, ApprovalError> {
+        let committed = self
+            .audit
+            .commit(Scope::actor(&record.vendor, &record.actor), move |conn| {
+                Box::pin(async move {
+                    let raise = async |conn: &mut sqlx::AnyConnection,
+                                       volume: Option<rows::Flag>| {
+                        Ok::<_, StoreError>(match volume {
+                            Some(flag) if rows::raise_flag(conn, &flag).await? => Some(flag),
+                            _ => None,
+                        })
+                    };
+                    match rows::merge(conn, &into, record.created_at_ms, limit).await? {
+                        rows::Merged::Gone => {
+                            Ok(Audited::nothing(NewRecord::Gone(Box::new(record))))
+                        }
+                        rows::Merged::OverLimit { retry_after_ms } => {
+                            let refused = rate_limited(record.clone(), retry_after_ms, limit);
+                            if rows::insert(conn, &refused, None).await? == Inserted::Conflict {
+                                return Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))));
+                            }
+                            plugin_stats::insert_calls(conn, &[&refused]).await?;
+                            let flag = raise(conn, volume).await?;
+                            let recorded = events::request(&refused, Some(limit));
+                            Ok(Audited {
+                                value: NewRecord::Stored(Box::new(refused), flag),
+                                entries: recorded.entries,
+                                payloads: recorded.payloads,
+                            })
+                        }
+                        rows::Merged::Into(pending) => {
+                            plugin_stats::insert_calls(conn, &[&record]).await?;
+                            let flag = raise(conn, volume).await?;
+                            let recorded = events::merged(&record, &pending.id);
+                            Ok(Audited {
+                                value: NewRecord::Merged(pending, flag),
+                                entries: recorded.entries,
+                                payloads: recorded.payloads,
+                            })
+                        }
+                    }
+                })
+            })
+            .await?;
+        Ok(committed.value)
     }
 
     /// Stores a new request's record with its audit entries, in one transaction. Over the rate
@@ -1066,6 +1157,7 @@ impl ApprovalService {
             revised_params_hash: None,
             token: None,
             retry_after_ms: None,
+            merged: 0,
         }
     }
 

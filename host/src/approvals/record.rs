@@ -201,6 +201,9 @@ pub struct ApprovalRecord {
     pub token: Option<IssuedToken>,
     /// When a rate-limited actor may ask again.
     pub retry_after_ms: Option<u64>,
+    /// How many tiny variations of this request the agent sent while it was pending: they were
+    /// merged into it instead of notifying the guardians again.
+    pub merged: u32,
 }
 
 impl ApprovalRecord {

@@ -144,6 +144,14 @@ pub enum Event {
         limit: u32,
         retry_after_ms: u64,
     },
+    /// The request needed a guardian while a tiny variation of it (`into`) was pending for the
+    /// same actor: it was merged into that one, which its guardians were already asked about.
+    Merged {
+        approval_id: String,
+        vendor: String,
+        actor: String,
+        into: String,
+    },
     /// A vendor's policy template changed; the document is the payload `document_sha256`.
     PolicyChanged {
         vendor: String,
@@ -248,6 +256,7 @@ impl Event {
             Event::RuleFired { .. } => "rule_fired",
             Event::Decided { .. } => "decided",
             Event::RateLimited { .. } => "rate_limited",
+            Event::Merged { .. } => "merged",
             Event::PolicyChanged { .. } => "policy_changed",
             Event::OverridesChanged { .. } => "overrides_changed",
             Event::PluginUploaded { .. } => "plugin_uploaded",
@@ -271,6 +280,12 @@ impl Event {
                 ..
             }
             | Event::RateLimited {
+                approval_id,
+                vendor,
+                actor,
+                ..
+            }
+            | Event::Merged {
                 approval_id,
                 vendor,
                 actor,

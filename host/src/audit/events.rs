@@ -38,10 +38,9 @@ fn ids(record: &ApprovalRecord) -> (String, String, String) {
     )
 }
 
-/// Everything a new request's record says: the request, each plugin's classification, each
-/// built-in rule that fired, then the outcome (allowed, denied, sent to a guardian, or refused
-/// by the rate limit, whose `limit` is given).
-pub fn request(record: &ApprovalRecord, rate_limit: Option<u32>) -> Recorded {
+/// A request as it arrived: the request, each plugin's classification and each built-in rule
+/// that fired.
+fn classified(record: &ApprovalRecord) -> Recorded {
     let at = record.created_at_ms;
     let mut out = Recorded::default();
     let (approval_id, vendor, actor) = ids(record);
@@ -106,6 +105,32 @@ pub fn request(record: &ApprovalRecord, rate_limit: Option<u32>) -> Recorded {
             },
         ));
     }
+    out
+}
+
+/// A request merged into the pending request `into`: how it was classified, then the merge.
+pub fn merged(record: &ApprovalRecord, into: &str) -> Recorded {
+    let mut out = classified(record);
+    let (approval_id, vendor, actor) = ids(record);
+    out.entries.push(Entry::new(
+        record.created_at_ms,
+        Event::Merged {
+            approval_id,
+            vendor,
+            actor,
+            into: into.to_owned(),
+        },
+    ));
+    out
+}
+
+/// Everything a new request's record says: the request, each plugin's classification, each
+/// built-in rule that fired, then the outcome (allowed, denied, sent to a guardian, or refused
+/// by the rate limit, whose `limit` is given).
+pub fn request(record: &ApprovalRecord, rate_limit: Option<u32>) -> Recorded {
+    let at = record.created_at_ms;
+    let mut out = classified(record);
+    let (approval_id, vendor, actor) = ids(record);
     if record.status == Status::RateLimited {
         out.entries.push(Entry::new(
             at,

@@ -699,7 +699,8 @@ fn approval_of(event: &Event) -> Option<&str> {
         | Event::PluginClassified { approval_id, .. }
         | Event::RuleFired { approval_id, .. }
         | Event::Decided { approval_id, .. }
-        | Event::RateLimited { approval_id, .. } => Some(approval_id),
+        | Event::RateLimited { approval_id, .. }
+        | Event::Merged { approval_id, .. } => Some(approval_id),
         _ => None,
     }
 }

@@ -170,6 +170,15 @@ pub struct ApprovalView {
     /// For `rate_limited`: seconds until the actor may ask a guardian again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
+    /// How many more times the agent asked for this, or a tiny variation of it (the same
+    /// fields, text equal but for case and spaces, numbers within 10%), while it was pending:
+    /// those requests were merged into this one instead of notifying the guardians again.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub similar_requests: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Who is looking at a record: the token is for the agent's side only.
@@ -225,6 +234,7 @@ impl ApprovalView {
                 Audience::Others => None,
             },
             retry_after_seconds: record.retry_after(now_ms).map(|d| d.as_secs()),
+            similar_requests: record.merged,
         }
     }
 }

@@ -186,7 +186,7 @@ const COLUMNS: &str = "id, vendor, actor, idempotency_key, provenance, action, p
     amount_minor, currency, recipient, status, route, escalated, rule_fired, reason, rules, plugins, \
     counter_offer, policy_version, created_at_ms, expires_at_ms, decided_at_ms, decision_method, \
     decider, decision_reason, revised_params, revised_params_hash, token_id, token, \
-    token_expires_at_ms, retry_after_ms";
+    token_expires_at_ms, retry_after_ms, merged";
 
 fn opt_u64(row: &AnyRow, column: &str) -> Result<Option<u64>, StoreError> {
     Ok(row.try_get::<Option<i64>, _>(column)?.map(u64_of))
@@ -261,6 +261,7 @@ fn record_of(row: &AnyRow) -> Result<ApprovalRecord, StoreError> {
         revised_params_hash: row.try_get("revised_params_hash")?,
         token,
         retry_after_ms: opt_u64(row, "retry_after_ms")?,
+        merged: u32::try_from(row.try_get::<i64, _>("merged")?).unwrap_or(u32::MAX),
     })
 }
 
@@ -309,6 +310,7 @@ fn bind_record<'q>(query: AnyQuery<'q>, r: &ApprovalRecord) -> AnyQuery<'q> {
         .bind(r.token.as_ref().map(|t| t.token.clone()))
         .bind(r.token.as_ref().map(|t| i64_of(t.expires_at_ms)))
         .bind(r.retry_after_ms.map(i64_of))
+        .bind(i64::from(r.merged))
 }
 
 /// The number of columns in [`COLUMNS`], counted from it.
@@ -394,37 +396,18 @@ pub async fn insert(
 ) -> Result<Inserted, StoreError> {
     // A savepoint: a refused insert undoes only itself.
     let mut tx = conn.begin().await?;
-    if let Some(limit) = limit {
-        // Writing first takes the actor's row lock on PostgreSQL and the write lock on SQLite,
-        // so the count below cannot interleave with another insert for this actor.
-        sqlx::query(
-            "INSERT INTO actor_rate_locks (vendor, actor, requests) VALUES ($1, $2, 1)
-             ON CONFLICT (vendor, actor) DO UPDATE SET requests = actor_rate_locks.requests + 1",
+    if let Some(limit) = limit
+        && let Some(retry_after_ms) = over_limit(
+            &mut tx,
+            &record.vendor,
+            &record.actor,
+            record.created_at_ms,
+            limit,
         )
-        .bind(&record.vendor)
-        .bind(&record.actor)
-        .execute(&mut *tx)
-        .await?;
-        let since = record.created_at_ms.saturating_sub(RATE_WINDOW_MS);
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, MIN(created_at_ms) AS oldest FROM approvals
-             WHERE vendor = $1 AND actor = $2 AND escalated = 1 AND created_at_ms > $3",
-        )
-        .bind(&record.vendor)
-        .bind(&record.actor)
-        .bind(i64_of(since))
-        .fetch_one(&mut *tx)
-        .await?;
-        let counted = u64_of(row.try_get("n")?);
-        if counted >= u64::from(limit) {
-            let oldest = row
-                .try_get::<Option<i64>, _>("oldest")?
-                .map_or(record.created_at_ms, u64_of);
-            tx.rollback().await?;
-            return Ok(Inserted::OverLimit {
-                retry_after_ms: oldest + RATE_WINDOW_MS,
-            });
-        }
+        .await?
+    {
+        tx.rollback().await?;
+        return Ok(Inserted::OverLimit { retry_after_ms });
     }
     match insert_record(&mut tx, record).await {
         Ok(()) => {
@@ -437,6 +420,117 @@ pub async fn insert(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Counts one more request for a guardian from `actor` at `now_ms` against `limit` per hour:
+/// when it has been reached, when the actor may ask again. Writing first takes the actor's row
+/// lock on PostgreSQL and the write lock on SQLite, so the count cannot interleave with another
+/// one for this actor (on any replica). Requests merged into a pending one count too.
+async fn over_limit(
+    conn: &mut AnyConnection,
+    vendor: &str,
+    actor: &str,
+    now_ms: u64,
+    limit: u32,
+) -> Result<Option<u64>, StoreError> {
+    sqlx::query(
+        "INSERT INTO actor_rate_locks (vendor, actor, requests) VALUES ($1, $2, 1)
+         ON CONFLICT (vendor, actor) DO UPDATE SET requests = actor_rate_locks.requests + 1",
+    )
+    .bind(vendor)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    let since = now_ms.saturating_sub(RATE_WINDOW_MS);
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(1 + merged), 0) AS BIGINT) AS n, MIN(created_at_ms) AS oldest
+         FROM approvals WHERE vendor = $1 AND actor = $2 AND escalated = 1 AND created_at_ms > $3",
+    )
+    .bind(vendor)
+    .bind(actor)
+    .bind(i64_of(since))
+    .fetch_one(&mut *conn)
+    .await?;
+    let counted = u64_of(row.try_get("n")?);
+    if counted < u64::from(limit) {
+        return Ok(None);
+    }
+    let oldest = row
+        .try_get::<Option<i64>, _>("oldest")?
+        .map_or(now_ms, u64_of);
+    Ok(Some(oldest + RATE_WINDOW_MS))
+}
+
+/// What merging a request into a pending one did.
+#[derive(Debug)]
+pub enum Merged {
+    /// Counted on the pending request, returned as it now is.
+    Into(Box<ApprovalRecord>),
+    /// The actor has reached its hourly limit of requests for a guardian; nothing written.
+    OverLimit { retry_after_ms: u64 },
+    /// The pending request was settled (or expired) meanwhile; nothing written.
+    Gone,
+}
+
+/// Merges a request from `actor` at `now_ms` into the pending request `into`, counting it
+/// against `limit` first, in a savepoint of the caller's transaction.
+///
+/// # Errors
+/// A database failure or a corrupt row.
+pub async fn merge(
+    conn: &mut AnyConnection,
+    into: &ApprovalRecord,
+    now_ms: u64,
+    limit: u32,
+) -> Result<Merged, StoreError> {
+    let mut tx = conn.begin().await?;
+    if let Some(retry_after_ms) =
+        over_limit(&mut tx, &into.vendor, &into.actor, now_ms, limit).await?
+    {
+        tx.rollback().await?;
+        return Ok(Merged::OverLimit { retry_after_ms });
+    }
+    let row = sqlx::query(&format!(
+        "UPDATE approvals SET merged = merged + 1
+         WHERE id = $1 AND status = 'pending' AND expires_at_ms > $2 RETURNING {COLUMNS}"
+    ))
+    .bind(&into.id)
+    .bind(i64_of(now_ms))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(Merged::Gone);
+    };
+    let record = record_of(&row)?;
+    tx.commit().await?;
+    Ok(Merged::Into(Box::new(record)))
+}
+
+/// The actor's pending requests of this action kind, oldest first (at most 100: an actor over
+/// its rate limit cannot have more).
+///
+/// # Errors
+/// A database failure or a corrupt row.
+pub async fn pending_of_action(
+    db: &Db,
+    vendor: &str,
+    actor: &str,
+    action: &str,
+) -> Result<Vec<ApprovalRecord>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM approvals
+         WHERE vendor = $1 AND actor = $2 AND action = $3 AND status = 'pending'
+         ORDER BY created_at_ms, id LIMIT 100"
+    ))
+    .bind(vendor)
+    .bind(actor)
+    .bind(action)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(record_of)
+    .collect()
 }
 
 /// The record with this id.
@@ -620,8 +714,8 @@ pub async fn history(
     let day = i64_of(now_ms.saturating_sub(24 * RATE_WINDOW_MS));
     let rows = sqlx::query(
         "SELECT currency,
-                SUM(CASE WHEN created_at_ms > $3 THEN 1 ELSE 0 END) AS hour_requests,
-                COUNT(*) AS day_requests,
+                SUM(CASE WHEN created_at_ms > $3 THEN 1 + merged ELSE 0 END) AS hour_requests,
+                SUM(1 + merged) AS day_requests,
                 SUM(CASE WHEN created_at_ms > $3 AND action = 'payment' THEN 1 ELSE 0 END) AS hour_payments,
                 SUM(CASE WHEN action = 'payment' THEN 1 ELSE 0 END) AS day_payments,
                 SUM(CASE WHEN created_at_ms > $3 AND status = 'denied' THEN 1 ELSE 0 END) AS hour_denied,
