@@ -538,3 +538,56 @@ async fn a_vendor_whose_plugin_spins_holds_only_its_own_slots() {
     // The vendor's one slot ran one spinning call; the others found no slot in time.
     assert_eq!(spun, 1);
 }
+
+#[tokio::test]
+async fn a_plugin_that_keeps_running_out_of_time_is_paused_then_probed() {
+    let rt = runtime();
+    let hostile = load(&rt, "hostile_loop").await;
+    let at = |ms: u64, id: &str| {
+        let mut input = payment(id, 1, None);
+        input.request.requested_at_ms += ms;
+        input
+    };
+    for i in 0..3 {
+        let report = rt
+            .classify(&hostile, &at(i, &format!("spin{i}")), &deadline_first())
+            .await;
+        assert_eq!(report.outcome.unwrap_err().code(), "plugin_deadline");
+    }
+    // Paused: the host answers at once, without running the guest, and says until when.
+    let paused = rt
+        .classify(&hostile, &at(5_000, "paused"), &deadline_first())
+        .await;
+    let start = payment("", 1, None).request.requested_at_ms;
+    assert_eq!(
+        paused.outcome,
+        Err(PluginError::Suspended {
+            until_ms: start + 2 + 10_000,
+            failures: 3
+        })
+    );
+    assert_eq!((paused.fuel_used, paused.wall_time), (0, Duration::ZERO));
+    assert_eq!(
+        paused.outcome.unwrap_err().fault(),
+        approval_host::plugin::Fault::Guest
+    );
+    // Other plugins of the same runtime are not paused.
+    let velocity = load(&rt, "velocity").await;
+    let other = classify(&rt, &velocity, &at(5_000, "other")).await;
+    assert_eq!(other.outcome.unwrap().decision, Decision::Allow);
+    // After the pause one call probes the plugin; it spins again, so the next pause is longer.
+    let probe = rt
+        .classify(&hostile, &at(10_002, "probe"), &deadline_first())
+        .await;
+    assert_eq!(probe.outcome.unwrap_err().code(), "plugin_deadline");
+    let again = rt
+        .classify(&hostile, &at(10_003, "again"), &deadline_first())
+        .await;
+    assert_eq!(
+        again.outcome,
+        Err(PluginError::Suspended {
+            until_ms: start + 10_002 + 20_000,
+            failures: 4
+        })
+    );
+}

@@ -34,6 +34,11 @@ pub enum PluginError {
     Declined { message: String },
     #[error("the request is {bytes} bytes encoded; plugins accept at most {limit}")]
     InputTooLarge { bytes: usize, limit: usize },
+    #[error(
+        "the plugin is paused until {until_ms} (ms since the Unix epoch): its last {failures} \
+         calls in a row ran out of time or fuel"
+    )]
+    Suspended { until_ms: u64, failures: u32 },
     #[error("no plugin slot was free within {waited:?}")]
     Busy { waited: Duration },
     #[error("the host failed to run the plugin: {message}")]
@@ -63,6 +68,7 @@ impl PluginError {
             PluginError::MalformedVerdict { .. } => "plugin_malformed_verdict",
             PluginError::Declined { .. } => "plugin_declined",
             PluginError::InputTooLarge { .. } => "plugin_input_too_large",
+            PluginError::Suspended { .. } => "plugin_suspended",
             PluginError::Busy { .. } => "plugin_busy",
             PluginError::Host { .. } => "plugin_host_error",
         }

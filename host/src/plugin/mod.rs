@@ -4,8 +4,10 @@
 //! - [`runtime`]: the wasmtime engine, per-version compiled components, per-call sandboxes;
 //! - [`registry`]: uploads, immutable versions and their states (inactive, shadow, active);
 //! - [`contract`]: the rules a description and a verdict must follow;
+//! - [`breaker`]: pauses a plugin version whose calls keep running out of time or fuel;
 //! - [`sandbox`], [`cache`], [`wit`]: the WASI sandbox, the compiled-artifact cache, the bindings.
 
+pub mod breaker;
 mod cache;
 pub mod contract;
 mod error;
@@ -15,6 +17,7 @@ mod runtime;
 mod sandbox;
 mod wit;
 
+pub use breaker::BreakerConfig;
 pub use error::{Fault, PluginError, UploadError};
 pub use limits::PluginLimits;
 pub use runtime::{

@@ -19,6 +19,7 @@ use wasmtime::{
     UpdateDeadline,
 };
 
+use super::breaker::{Admission, Breaker, BreakerConfig};
 use super::cache::ArtifactCache;
 use super::contract;
 use super::error::{PluginError, UploadError};
@@ -47,6 +48,8 @@ pub struct RuntimeConfig {
     /// Bytes of each linear memory the pool keeps resident between calls (zeroed with memset
     /// instead of being returned to the kernel), trading resident memory for fewer page faults.
     pub keep_resident_bytes: usize,
+    /// When a plugin version whose calls keep running out of time or fuel is paused.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -60,6 +63,7 @@ impl Default for RuntimeConfig {
             platform_max: PluginLimits::platform_max(),
             cache_dir: None,
             keep_resident_bytes: 1 << 20,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -164,6 +168,8 @@ pub struct PluginRuntime {
     permits: Semaphore,
     /// Each vendor's own bound, [`RuntimeConfig::max_calls_per_vendor`].
     vendor_permits: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The breakers of plugin versions with recent costly failures (others have none).
+    breakers: std::sync::Mutex<HashMap<PluginIdentity, Breaker>>,
     cache: Option<ArtifactCache>,
     /// Advances the engine's epoch every millisecond so running guests check their deadline.
     _ticker: EpochTicker,
@@ -255,6 +261,7 @@ impl PluginRuntime {
             _ticker: EpochTicker::start(&engine),
             permits: Semaphore::new(calls as usize),
             vendor_permits: std::sync::Mutex::default(),
+            breakers: std::sync::Mutex::default(),
             engine,
             linker,
             config,
@@ -379,25 +386,42 @@ impl PluginRuntime {
     ) -> CallReport {
         let limits = limits.clamped_to(&self.config.platform_max);
         let size = wit::input_size(input);
+        let now_ms = input.request.requested_at_ms;
         let invocation = if size > limits.max_input_bytes {
             Invocation::refused(PluginError::InputTooLarge {
                 bytes: size,
                 limit: limits.max_input_bytes,
             })
+        } else if let Admission::Refuse { until_ms, failures } =
+            self.breaker(&plugin.identity, |b, config| b.admit(now_ms, config))
+        {
+            Invocation::refused(PluginError::Suspended { until_ms, failures })
         } else {
             let spec = SandboxSpec {
                 seed: input.request.id.clone(),
-                now_ms: input.request.requested_at_ms,
+                now_ms,
             };
             let wit_input = wit::ClassifyInput::new(input);
             match self.vendor_slot(&plugin.identity.vendor).await {
                 Some(_slot) => {
-                    self.invoke(&plugin.compiled, spec, &limits, Ask::Classify(&wit_input))
-                        .await
+                    let invocation = self
+                        .invoke(&plugin.compiled, spec, &limits, Ask::Classify(&wit_input))
+                        .await;
+                    let costly = matches!(
+                        invocation.answer,
+                        Err(PluginError::Deadline { .. } | PluginError::OutOfFuel { .. })
+                    );
+                    self.breaker(&plugin.identity, |b, config| {
+                        b.record(costly, now_ms, config);
+                    });
+                    invocation
                 }
-                None => Invocation::refused(PluginError::Busy {
-                    waited: self.config.queue_timeout,
-                }),
+                None => {
+                    self.breaker(&plugin.identity, |b, _| b.abandon());
+                    Invocation::refused(PluginError::Busy {
+                        waited: self.config.queue_timeout,
+                    })
+                }
             }
         };
         let Invocation {
@@ -434,6 +458,32 @@ impl PluginRuntime {
             wall_time,
             log,
             log_truncated,
+        }
+    }
+
+    /// Runs `f` on `plugin`'s breaker, keeping only breakers that are not idle.
+    fn breaker<T>(
+        &self,
+        plugin: &PluginIdentity,
+        f: impl FnOnce(&mut Breaker, &BreakerConfig) -> T,
+    ) -> T {
+        let mut map = self.breakers.lock().unwrap_or_else(PoisonError::into_inner);
+        match map.get_mut(plugin) {
+            Some(breaker) => {
+                let out = f(breaker, &self.config.breaker);
+                if breaker.is_idle() {
+                    map.remove(plugin);
+                }
+                out
+            }
+            None => {
+                let mut breaker = Breaker::default();
+                let out = f(&mut breaker, &self.config.breaker);
+                if !breaker.is_idle() {
+                    map.insert(plugin.clone(), breaker);
+                }
+                out
+            }
         }
     }
 
