@@ -24,6 +24,7 @@
 //! [limits]
 //! max_body_bytes = 1048576
 //! max_wait_seconds = 60
+//! plugin_pause_after = 3                  # a plugin timing out this often in a row is paused
 //! ```
 //!
 //! Environment overrides: `APPROVAL_HOST_LISTEN`, `APPROVAL_HOST_PUBLIC_URL`,
@@ -121,6 +122,8 @@ pub struct LimitsSection {
     pub max_wait_seconds: u64,
     /// How often expired requests are swept into timeouts.
     pub sweep_every_seconds: u64,
+    /// Calls in a row that run out of time or fuel before a plugin version is paused (0: never).
+    pub plugin_pause_after: u32,
 }
 
 impl Default for LimitsSection {
@@ -130,6 +133,7 @@ impl Default for LimitsSection {
             max_upload_bytes: 20 << 20,
             max_wait_seconds: 60,
             sweep_every_seconds: 1,
+            plugin_pause_after: 3,
         }
     }
 }

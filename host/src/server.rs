@@ -19,7 +19,7 @@ use crate::http::metrics::Metrics;
 use crate::http::webhooks::Webhooks;
 use crate::http::{self, AppState, Limits, Services};
 use crate::plugin::registry::{PluginRegistry, PluginState};
-use crate::plugin::{PluginRuntime, RuntimeConfig};
+use crate::plugin::{BreakerConfig, PluginRuntime, RuntimeConfig};
 use crate::policy::document::TemplateDoc;
 use crate::store::Db;
 use crate::token::{TokenConfig, TokenIssuer};
@@ -115,6 +115,10 @@ impl Host {
         let runtime = options.runtime.unwrap_or_else(|| RuntimeConfig {
             cache_dir: Some(config.data_dir.join("plugin-cache")),
             max_component_bytes: config.limits.max_upload_bytes,
+            breaker: BreakerConfig {
+                trip_after: config.limits.plugin_pause_after,
+                ..BreakerConfig::default()
+            },
             ..RuntimeConfig::default()
         });
         let runtime = Arc::new(PluginRuntime::new(runtime).context("starting the plugin runtime")?);
@@ -192,7 +196,7 @@ impl Host {
             audit.spawn_checkpointer(),
         ];
         tasks.extend(webhooks.spawn(approvals.subscribe()));
-        tasks.extend(crate::push::spawn(&approvals, &db, &url));
+        tasks.extend(crate::push::spawn(&approvals, &state.plugins, &db, &url));
         Ok(Host {
             state,
             db,
