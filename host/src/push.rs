@@ -5,7 +5,9 @@
 //! any replica hears of a request made on any other.
 //!
 //! The same listener hears which cached settings other replicas changed (see
-//! [`crate::store::cache`]); caching waits until it listens, and stops while it cannot.
+//! [`crate::store::cache`]); caching waits until it listens, and stops while it cannot. It also
+//! hears which vendor's plugins changed state, and reloads that vendor's live plugins (all of
+//! them after any gap, when changes may have gone unheard).
 //!
 //! Lifetimes: the relay tasks are process-wide and run until aborted.
 
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::approvals::{ApprovalEvent, ApprovalService, Origin};
+use crate::plugin::registry::PluginRegistry;
 use crate::store::cache::Topic;
 use crate::store::{Db, events};
 
@@ -31,6 +34,7 @@ struct Announcement {
 /// Returns the tasks (abort them to stop). On SQLite there is nothing to relay.
 pub fn spawn(
     service: &Arc<ApprovalService>,
+    plugins: &Arc<PluginRegistry>,
     db: &Db,
     url: &str,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -69,6 +73,7 @@ pub fn spawn(
         }
     });
     let (service, url) = (Arc::clone(service), url.to_owned());
+    let plugins = Arc::clone(plugins);
     let versions = Arc::clone(db.versions());
     let listener = tokio::spawn(async move {
         loop {
@@ -83,12 +88,14 @@ pub fn spawn(
             };
             // Changes made while nobody listened went unheard: start afresh, and cache again.
             versions.forget_all(true);
+            reload_plugins(&plugins, None).await;
             loop {
                 let notification = match listener.try_recv().await {
                     Ok(Some(notification)) => notification,
                     Ok(None) => {
                         // The connection dropped and came back: what was said meanwhile is lost.
                         versions.forget_all(true);
+                        reload_plugins(&plugins, None).await;
                         continue;
                     }
                     Err(e) => {
@@ -99,6 +106,7 @@ pub fn spawn(
                 };
                 if notification.channel() == events::CHANGES {
                     match serde_json::from_str::<Topic>(notification.payload()) {
+                        Ok(Topic::Plugins(vendor)) => reload_plugins(&plugins, Some(&vendor)).await,
                         Ok(topic) => versions.bump(topic),
                         Err(_) => versions.forget_all(true),
                     }
@@ -118,4 +126,15 @@ pub fn spawn(
         }
     });
     vec![announcer, listener]
+}
+
+/// Reloads `vendor`'s live plugins (every vendor's for `None`) after another replica's change.
+async fn reload_plugins(plugins: &PluginRegistry, vendor: Option<&str>) {
+    let reloaded = match vendor {
+        Some(vendor) => plugins.reload(vendor).await,
+        None => plugins.reload_all().await,
+    };
+    if let Err(e) = reloaded {
+        tracing::warn!(error = %e, vendor, "reloading plugins another replica changed failed");
+    }
 }

@@ -97,6 +97,14 @@ impl IntoResponse for ApiError {
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
+        // A body over the limit is refused before it has all arrived, and the server closes the
+        // connection rather than read the rest: say so, or the client reuses a connection that
+        // is going away and its next request fails.
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -185,6 +193,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(status, u.code(), u.to_string())
             }
             RegistryError::NotFound { .. } => ApiError::not_found("plugin version"),
+            RegistryError::UnknownPlugin { .. } => ApiError::not_found("plugin"),
             RegistryError::NothingToRollBack { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "nothing_to_roll_back", e.to_string())
             }
@@ -220,6 +229,53 @@ impl From<JsonRejection> for ApiError {
         };
         ApiError::new(status, code, e.body_text())
     }
+}
+
+/// Gives an error answer that is not JSON the API's error body: axum's own rejections (a path
+/// segment that is not UTF-8, a body over the limit read as bytes, a method not allowed) and the
+/// MCP transport's. Every 4xx then carries a stable `code` and a message.
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if !response.status().is_client_error() || json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let status = parts.status;
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_ACCEPTABLE => "not_acceptable",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        _ => "invalid_request",
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("the request was refused")
+            .to_lowercase()
+    } else {
+        text
+    };
+    let mut answer = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 impl From<QueryRejection> for ApiError {

@@ -149,7 +149,10 @@ fn rendered<T, V: Serialize>(notice: &Notice<T>, view: impl FnOnce(&T) -> V) -> 
 #[serde(tag = "decision", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DecisionBody {
     /// Approve as asked.
-    Approve,
+    // A struct variant, not a unit one: serde enforces `deny_unknown_fields` on an internally
+    // tagged enum's struct variants only, and a body such as `{"decision": "approve",
+    // "decider": "…"}` must be refused like any other unknown field.
+    Approve {},
     /// Deny, optionally saying why (the agent is told).
     Deny {
         #[serde(default)]
@@ -181,11 +184,15 @@ pub async fn decide(
 ) -> Result<Json<ApprovalView>, ApiError> {
     let Json(body) = body?;
     let decision = match body {
-        DecisionBody::Approve => GuardianDecision::Approve,
+        DecisionBody::Approve {} => GuardianDecision::Approve,
         DecisionBody::Deny { reason } => {
-            if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
+            // (No NUL either: it cannot be stored as text on PostgreSQL.)
+            if reason
+                .as_ref()
+                .is_some_and(|r| r.len() > MAX_REASON || r.contains('\0'))
+            {
                 return Err(ApiError::bad_request(format!(
-                    "reason: at most {MAX_REASON} bytes"
+                    "reason: at most {MAX_REASON} bytes, no NUL characters"
                 )));
             }
             GuardianDecision::Deny {
@@ -206,6 +213,7 @@ pub async fn decide(
 
 /// Which vendor's actor, when a guardian guards actors of the same id at two vendors.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ActorQuery {
     pub vendor: Option<String>,
@@ -312,6 +320,7 @@ pub async fn put_overrides(
 
 /// How many settled requests to show.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// At most this many (default 50, at most 500).

@@ -188,7 +188,11 @@ pub fn service(state: AppState) -> Router {
         Arc::new(NeverSessionManager::default()),
         config,
     );
+    // The transport buffers the whole body itself (axum's `DefaultBodyLimit` binds only axum's
+    // extractors), so the API's body limit is set here.
+    let limit = tower_http::limit::RequestBodyLimitLayer::new(state.limits.max_body_bytes);
     Router::new()
         .fallback_service(mcp)
+        .layer(limit)
         .layer(axum::middleware::from_fn_with_state(state, require_agent))
 }

@@ -68,6 +68,25 @@ pub struct Services {
 /// Cheap to clone: one `Arc` of the services.
 pub type AppState = Arc<Services>;
 
+/// Refuses a NUL character (`%00`) in the path or the query before any handler runs: ids and
+/// filters are text, which PostgreSQL cannot hold with a NUL, so such a path names nothing (404)
+/// and such a query is malformed (400).
+async fn refuse_nul(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let has_nul = |s: &str| s.contains("%00");
+    if has_nul(request.uri().path()) {
+        return error::ApiError::not_found("resource").into_response();
+    }
+    if request.uri().query().is_some_and(has_nul) {
+        return error::ApiError::bad_request("the query holds a NUL character (%00)")
+            .into_response();
+    }
+    next.run(request).await
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let json_limit = DefaultBodyLimit::max(state.limits.max_body_bytes);
@@ -153,6 +172,8 @@ pub fn router(state: AppState) -> Router {
     api.merge(uploads)
         .nest_service("/mcp", mcp::service(Arc::clone(&state)))
         .fallback(public::not_found)
+        .layer(axum::middleware::from_fn(refuse_nul))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             metrics::track,

@@ -67,8 +67,11 @@ pub async fn create_vendor(
             "id: 1 to 64 letters, digits, '-', '_' or '.'",
         ));
     }
-    if body.name.trim().is_empty() || body.name.len() > 200 {
-        return Err(ApiError::bad_request("name: 1 to 200 characters"));
+    if body.name.trim().is_empty() || body.name.len() > 200 || body.name.contains(char::is_control)
+    {
+        return Err(ApiError::bad_request(
+            "name: 1 to 200 characters, no control characters",
+        ));
     }
     if !state
         .approvals
@@ -154,6 +157,7 @@ pub async fn rotate_vendor_key(
 
 /// Filters of the audit explorer (all optional, combined with AND).
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EntryQuery {
     pub vendor: Option<String>,
@@ -274,6 +278,7 @@ pub async fn checkpoint(
 
 /// Which inclusion proof.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InclusionQuery {
     pub index: u64,
@@ -330,6 +335,7 @@ pub async fn inclusion(
 
 /// Which consistency proof.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
     pub old_size: u64,

@@ -208,6 +208,7 @@ pub struct TokenIssued {
 
 /// Options for issuing a token.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct IssueQuery {
     /// Revoke the actor's other tokens (a rotation).
@@ -532,7 +533,8 @@ pub async fn deactivate(
 /// Reactivates the version that was active before the current one of this plugin.
 #[utoipa::path(post, path = "/v1/vendor/plugins/{name}/rollback", tag = "vendor",
     params(("name" = String, Path, description = "the plugin's name")), security(("vendor_key" = [])),
-    responses((status = 200, body = PluginVersionView), (status = 409, description = "`nothing_to_roll_back`", body = ErrorBody)))]
+    responses((status = 200, body = PluginVersionView), (status = 404, description = "the vendor has no plugin of this name", body = ErrorBody),
+        (status = 409, description = "`nothing_to_roll_back`", body = ErrorBody)))]
 pub async fn rollback(
     State(state): State<AppState>,
     Vendor(vendor): Vendor,
@@ -548,6 +550,7 @@ pub async fn rollback(
 
 /// How many past requests to replay.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayQuery {
     /// The newest N requests (default 200, at most 5000).

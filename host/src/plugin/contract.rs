@@ -14,6 +14,17 @@ pub const MAX_RULES: usize = 100;
 /// The range a per-request TTL must fall in.
 pub const TTL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(86_400));
 
+/// The WIT bindings of a plugin's answers and their conversion into the domain types, as the
+/// runtime lifts them before these checks: named here only for the fuzz tests of the plugin
+/// boundary (`tests/fuzz.rs`). Not part of the API; everything else reaches WIT through `wit`.
+#[doc(hidden)]
+pub mod lifting {
+    pub use super::super::wit::approval::risk::types::{
+        CounterOffer, Decision, MoneyResult, PluginInfo, Rule, Verdict,
+    };
+    pub use super::super::wit::{plugin_info, verdict};
+}
+
 fn is_rule_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_RULE_ID_BYTES

@@ -7,7 +7,7 @@
 //! it, so in-flight calls finish on the versions they started with, and no call ever sees a
 //! plugin with two active versions or none in the middle of a switch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -18,6 +18,7 @@ use super::limits::PluginLimits;
 use super::runtime::{CompiledPlugin, LoadedPlugin, PluginIdentity, PluginRuntime};
 use crate::audit::{AuditLog, Audited, Scope, events};
 use crate::risk::PluginInfo;
+use crate::store::cache::Topic;
 use crate::store::{self, Db, StoreError};
 
 /// Where a plugin version stands.
@@ -78,6 +79,8 @@ pub enum RegistryError {
     NotFound { name: String, version: u32 },
     #[error("plugin {name:?} has no earlier active version to roll back to")]
     NothingToRollBack { name: String },
+    #[error("the vendor has no plugin {name:?}")]
+    UnknownPlugin { name: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the plugin runtime failed: {0}")]
@@ -94,7 +97,9 @@ pub struct PluginRegistry {
     describe_limits: PluginLimits,
     /// Each vendor's live snapshot, replaced whole on every change.
     live: RwLock<HashMap<String, Arc<VendorPlugins>>>,
-    /// Compiled components by sha256, shared by every version with the same bytes.
+    /// The compiled components of live (active or shadow) versions by sha256, shared by every
+    /// live version with the same bytes. Other versions are compiled when asked for (a replay)
+    /// and not kept: a vendor uploading version after version must not grow the host's memory.
     compiled: Mutex<HashMap<String, CompiledPlugin>>,
     /// Orders state changes with the publication of their snapshots (uniqueness itself is
     /// enforced by the database).
@@ -199,8 +204,8 @@ impl PluginRegistry {
             .runtime
             .describe(&compiled, &self.describe_limits)
             .await?;
-        let sha256 = compiled.sha256_hex();
-        let (vendor_owned, sha, bytes_owned) = (vendor.to_owned(), sha256.clone(), bytes.to_vec());
+        let (vendor_owned, sha, bytes_owned) =
+            (vendor.to_owned(), compiled.sha256_hex(), bytes.to_vec());
         let stored = self
             .audit
             .commit(Scope::Vendor(vendor.to_owned()), move |conn| {
@@ -228,10 +233,7 @@ impl PluginRegistry {
             })
             .await?
             .value;
-        self.compiled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(sha256, compiled);
+        // The new version is inactive: its compiled code is not kept (see `compiled`).
         Ok(stored)
     }
 
@@ -323,7 +325,8 @@ impl PluginRegistry {
     /// activation; rolling back twice returns to where it started).
     ///
     /// # Errors
-    /// There is no active version or no earlier activation, or a database failure.
+    /// The vendor has no plugin of this name, there is no active version or no earlier
+    /// activation, or a database failure.
     pub async fn rollback(
         &self,
         vendor: &str,
@@ -334,8 +337,14 @@ impl PluginRegistry {
         let nothing = || RegistryError::NothingToRollBack {
             name: name.to_owned(),
         };
-        let current = store::plugins::versions(&self.db, vendor)
-            .await?
+        let versions = store::plugins::versions(&self.db, vendor).await?;
+        // Another vendor's plugin, like one nobody uploaded, does not exist for this vendor.
+        if !versions.iter().any(|v| v.name == name) {
+            return Err(RegistryError::UnknownPlugin {
+                name: name.to_owned(),
+            });
+        }
+        let current = versions
             .into_iter()
             .find(|v| v.name == name && v.state == PluginState::Active)
             .ok_or_else(nothing)?;
@@ -385,7 +394,42 @@ impl PluginRegistry {
                 version,
             })?;
         self.refresh(vendor).await?;
+        // Other replicas reload the vendor's snapshot when they hear of it.
+        self.db.changed(Topic::Plugins(vendor.to_owned())).await;
         Ok(changed)
+    }
+
+    /// Reloads the vendor's live snapshot from the database: another replica changed its
+    /// plugins. Ordered with this process's own changes, so an older read never replaces a newer.
+    ///
+    /// # Errors
+    /// A database failure, or a stored live component that no longer compiles.
+    pub async fn reload(&self, vendor: &str) -> Result<(), RegistryError> {
+        let _order = self.changes.lock().await;
+        self.refresh(vendor).await
+    }
+
+    /// Reloads every vendor's live snapshot: changes made by other replicas may have gone
+    /// unheard (the listener was not connected).
+    ///
+    /// # Errors
+    /// A database failure, or a stored live component that no longer compiles.
+    pub async fn reload_all(&self) -> Result<(), RegistryError> {
+        let _order = self.changes.lock().await;
+        let mut vendors: Vec<String> = self
+            .live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        vendors.extend(store::plugins::vendors_with_live_versions(&self.db).await?);
+        vendors.sort();
+        vendors.dedup();
+        for vendor in vendors {
+            self.refresh(&vendor).await?;
+        }
+        Ok(())
     }
 
     /// Rebuilds and publishes the vendor's live snapshot from the database.
@@ -403,13 +447,30 @@ impl PluginRegistry {
                 PluginState::Inactive => {}
             }
         }
-        self.live
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(vendor.to_owned(), Arc::new(set));
+        let loaded: Vec<CompiledPlugin> = set
+            .active
+            .iter()
+            .chain(&set.shadow)
+            .map(|p| p.compiled.clone())
+            .collect();
+        let still_live: HashSet<String> = {
+            let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
+            live.insert(vendor.to_owned(), Arc::new(set));
+            live.values()
+                .flat_map(|s| s.active.iter().chain(&s.shadow))
+                .map(|p| p.compiled.sha256_hex())
+                .collect()
+        };
+        // Keep the compiled code of live versions only (the one caller at a time holds
+        // `changes`, so no other refresh races this).
+        let mut compiled = self.compiled.lock().unwrap_or_else(PoisonError::into_inner);
+        compiled.retain(|sha256, _| still_live.contains(sha256));
+        compiled.extend(loaded.into_iter().map(|c| (c.sha256_hex(), c)));
         Ok(())
     }
 
+    /// The compiled component with this sha256: a live version's, or compiled from the stored
+    /// bytes (from the artifact cache when it has them).
     async fn compiled_for(&self, sha256: &str) -> Result<CompiledPlugin, RegistryError> {
         let known = self
             .compiled
@@ -428,12 +489,7 @@ impl PluginRegistry {
                 StoreError::Corrupt(format!("component {sha256} does not match its hash")).into(),
             );
         }
-        let compiled = self.compile(bytes).await?;
-        self.compiled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(sha256.to_owned(), compiled.clone());
-        Ok(compiled)
+        self.compile(bytes).await
     }
 
     /// Compiles off the async runtime: compilation takes milliseconds to seconds of CPU.

@@ -35,6 +35,9 @@ pub enum Topic {
     Vendor(String),
     /// One actor's settings (device tags, guardians, overrides).
     Actor { vendor: String, actor: String },
+    /// A vendor's live plugin versions (their states): not cached here, but every replica
+    /// reloads the vendor's snapshot when it hears of a change (see [`crate::push`]).
+    Plugins(String),
 }
 
 impl Topic {
