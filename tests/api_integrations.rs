@@ -275,7 +275,7 @@ async fn cached_settings(db: TestDb) {
     );
     assert_eq!(stream.next_within(10).await.unwrap().0, "inbox");
 
-    let (status, asked) = w.host.post("/v1/approvals", &w.agent, pay(61_000)).await;
+    let (status, asked) = w.host.post("/v1/approvals", &w.agent, pay(90_000)).await;
     assert_eq!(status, 202);
     let id = asked["id"].as_str().unwrap();
     let (name, pushed) = stream

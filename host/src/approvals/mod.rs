@@ -912,9 +912,12 @@ impl ApprovalService {
                             _ => None,
                         })
                     };
-                    match rows::merge(conn, &into, record.created_at_ms, limit).await? {
+                    match rows::merge(conn, &record, &into, record.created_at_ms, limit).await? {
                         rows::Merged::Gone => {
                             Ok(Audited::nothing(NewRecord::Gone(Box::new(record))))
+                        }
+                        rows::Merged::Conflict => {
+                            Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))))
                         }
                         rows::Merged::OverLimit { retry_after_ms } => {
                             let refused = rate_limited(record.clone(), retry_after_ms, limit);
@@ -1015,13 +1018,30 @@ impl ApprovalService {
         key: &str,
         params_hash: &str,
     ) -> Result<Option<Requested>, ApprovalError> {
-        let Some(found) = rows::by_idempotency_key(&self.db, &new.vendor, &new.actor, key).await?
-        else {
-            return Ok(None);
+        let found = match rows::by_idempotency_key(&self.db, &new.vendor, &new.actor, key).await? {
+            Some(found) => {
+                if found.params_hash != params_hash || found.action != new.action {
+                    return Err(ApprovalError::IdempotencyConflict);
+                }
+                found
+            }
+            // Merged into another request: the answer is that request, as it is now.
+            None => {
+                let merged =
+                    rows::merged_by_idempotency_key(&self.db, &new.vendor, &new.actor, key).await?;
+                let Some((into, action, hash)) = merged else {
+                    return Ok(None);
+                };
+                if hash != params_hash || action != new.action {
+                    return Err(ApprovalError::IdempotencyConflict);
+                }
+                rows::get(&self.db, &into).await?.ok_or_else(|| {
+                    ApprovalError::Store(StoreError::Corrupt(format!(
+                        "merged into {into}, which is missing"
+                    )))
+                })?
+            }
         };
-        if found.params_hash != params_hash || found.action != new.action {
-            return Err(ApprovalError::IdempotencyConflict);
-        }
         Ok(Some(Requested {
             record: self.settle_if_expired(found).await?,
             relation: Relation::Replayed,

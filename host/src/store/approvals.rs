@@ -470,15 +470,19 @@ pub enum Merged {
     OverLimit { retry_after_ms: u64 },
     /// The pending request was settled (or expired) meanwhile; nothing written.
     Gone,
+    /// A request with the same idempotency key was merged first; nothing written.
+    Conflict,
 }
 
-/// Merges a request from `actor` at `now_ms` into the pending request `into`, counting it
-/// against `limit` first, in a savepoint of the caller's transaction.
+/// Merges the request `merged` (not stored itself) into the pending request `into` at `now_ms`,
+/// counting it against `limit` first and keeping its idempotency key, in a savepoint of the
+/// caller's transaction.
 ///
 /// # Errors
 /// A database failure or a corrupt row.
 pub async fn merge(
     conn: &mut AnyConnection,
+    merged: &ApprovalRecord,
     into: &ApprovalRecord,
     now_ms: u64,
     limit: u32,
@@ -502,9 +506,64 @@ pub async fn merge(
         tx.rollback().await?;
         return Ok(Merged::Gone);
     };
+    if let Some(key) = &merged.idempotency_key {
+        let inserted = sqlx::query(
+            "INSERT INTO merged_requests
+                 (vendor, actor, idempotency_key, approval_id, into_id, action, params_hash, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&merged.vendor)
+        .bind(&merged.actor)
+        .bind(key)
+        .bind(&merged.id)
+        .bind(&into.id)
+        .bind(&merged.action)
+        .bind(&merged.params_hash)
+        .bind(i64_of(now_ms))
+        .execute(&mut *tx)
+        .await;
+        match inserted.map_err(StoreError::from) {
+            Ok(_) => {}
+            Err(e) if e.is_unique_violation() => {
+                tx.rollback().await?;
+                return Ok(Merged::Conflict);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let record = record_of(&row)?;
     tx.commit().await?;
     Ok(Merged::Into(Box::new(record)))
+}
+
+/// A request merged into another, found by its idempotency key: (the id of the request it was
+/// merged into, its action, its params hash).
+///
+/// # Errors
+/// A database failure.
+pub async fn merged_by_idempotency_key(
+    db: &Db,
+    vendor: &str,
+    actor: &str,
+    key: &str,
+) -> Result<Option<(String, String, String)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT into_id, action, params_hash FROM merged_requests
+         WHERE vendor = $1 AND actor = $2 AND idempotency_key = $3",
+    )
+    .bind(vendor)
+    .bind(actor)
+    .bind(key)
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|r| {
+        Ok((
+            r.try_get("into_id")?,
+            r.try_get("action")?,
+            r.try_get("params_hash")?,
+        ))
+    })
+    .transpose()
 }
 
 /// The actor's pending requests of this action kind, oldest first (at most 100: an actor over
