@@ -11,6 +11,8 @@ use approval_host::plugin::{PluginLimits, PluginRuntime, RuntimeConfig};
 use approval_host::risk::{Action, ClassifyInput, EffectivePolicy, History, Money, RiskRequest};
 use approval_host::store::Db;
 
+pub mod process;
+pub mod report;
 pub mod wasm;
 #[allow(unused_imports)] // not every test binary uses both
 pub use wasm::{plugin, variant};
