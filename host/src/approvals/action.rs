@@ -23,9 +23,11 @@ fn problem(text: impl Into<String>) -> String {
 
 fn string(params: &Map<String, Value>, field: &str) -> Result<String, String> {
     match params.get(field) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() && !s.chars().any(char::is_control) => {
+            Ok(s.clone())
+        }
         Some(_) => Err(problem(format!(
-            "params.{field} must be a non-empty string"
+            "params.{field} must be a non-empty string without control characters"
         ))),
         None => Err(problem(format!("params.{field} is required"))),
     }

@@ -741,9 +741,10 @@ impl ApprovalService {
             return Err(ApprovalError::UnknownActor);
         };
         if let Some(key) = &new.idempotency_key {
-            if key.is_empty() || key.len() > 200 {
+            if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
                 return Err(ApprovalError::InvalidRequest(
-                    "idempotency_key must be 1 to 200 characters".into(),
+                    "idempotency_key must be 1 to 200 characters, none of them control characters"
+                        .into(),
                 ));
             }
             if let Some(found) = self.replay(&new, key, &params_hash).await? {

@@ -206,6 +206,7 @@ pub async fn read_as(
 
 /// How long to wait.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// Seconds to wait for a decision before answering `pending` (0 to the host's maximum,
