@@ -11,8 +11,8 @@
 //!   plugin (the decision path without Wasm), `GET /healthz` (the HTTP stack's ceiling), and an
 //!   open-loop run at half the peak rate for its latency.
 //! - `postgres`: the same decisions on PostgreSQL.
-//! - `neighbours`: one vendor's decisions while another vendor's plugin loops to its deadline on
-//!   every call.
+//! - `neighbours`: one vendor's decisions while another vendor's plugin loops to its deadline
+//!   whenever it is called, with the plugin breaker off and with the default breaker.
 //! - `pending`: 1,000,000 pending approvals: the host's memory, a burst of 100,000 expiries, and
 //!   decision latency as the pending set grows.
 //! - `vendors`: 100 vendors' plugins called concurrently: throughput and the host's memory.
@@ -50,14 +50,23 @@ struct Server {
 impl Server {
     /// A host on a fresh data directory.
     fn start(database_url: Option<&str>) -> Server {
+        Server::start_with(database_url, "")
+    }
+
+    /// A host on a fresh data directory, with `limits` (TOML lines) in its `[limits]` section.
+    fn start_with(database_url: Option<&str>, limits: &str) -> Server {
         let data = tempfile::tempdir().unwrap();
-        let mut server = Server::start_at(data.path(), database_url);
+        let mut server = Server::launch(data.path(), database_url, limits);
         server._data = Some(data);
         server
     }
 
     /// A host on `data` (its SQLite file survives a restart).
     fn start_at(data: &Path, database_url: Option<&str>) -> Server {
+        Server::launch(data, database_url, "")
+    }
+
+    fn launch(data: &Path, database_url: Option<&str>, limits: &str) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -70,6 +79,7 @@ impl Server {
         if let Some(url) = database_url {
             writeln!(config, "database_url = \"{url}\"").unwrap();
         }
+        writeln!(config, "[limits]\n{limits}").unwrap();
         let path = data.join("host.toml");
         std::fs::write(&path, config).unwrap();
         // The host's log goes to `$APPROVAL_HOST_BENCH_LOG_DIR/host-<port>.log` when set.
@@ -648,18 +658,40 @@ async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
 }
 
 async fn neighbours(report: &mut String) {
-    let server = Server::start(None);
+    writeln!(report, "\n### Hostile neighbours\n").unwrap();
+    // First with the plugin breaker off (B's plugin spins to its deadline on every call), then
+    // with the default breaker (B's plugin is paused after three timeouts in a row).
+    for (label, limits) in [
+        ("breaker off (`plugin_pause_after = 0`)", "plugin_pause_after = 0"),
+        ("default breaker (`plugin_pause_after = 3`)", ""),
+    ] {
+        let (quiet, busy, b, outcomes) = neighbours_with(limits).await;
+        writeln!(
+            report,
+            "**{label}.** Vendor A's allowed decisions (velocity, 8 connections) alone: {:.0}/s, p50 {:.2} ms, **p99 {:.2} ms**. \
+             While vendor B's plugin (`hostile-loop`, deadline 10 ms) spins whenever it is called, on B's 8 connections \
+             ({:.0} B requests/s, each escalated by B's fail mode; B's plugin outcomes: {outcomes}): A {:.0}/s, p50 {:.2} ms, \
+             **p99 {:.2} ms** ({:.2}× quiet).\n",
+            quiet.rps, quiet.p50_ms, quiet.p99_ms, b.rps, busy.rps, busy.p50_ms, busy.p99_ms, busy.p99_ms / quiet.p99_ms
+        )
+        .unwrap();
+    }
+}
+
+/// Vendor A alone, A beside B's spinning plugin, B's load, and B's plugin outcomes by code.
+async fn neighbours_with(limits: &str) -> (Run, Run, Run, String) {
+    let server = Server::start_with(None, limits);
     let api = server.api();
     let (_, quiet_tokens) = api
         .vendor("vendor-a", 100, Some(plugin("velocity")), 250)
         .await;
-    let (_, hostile_tokens) = api
+    let (b_key, hostile_tokens) = api
         .vendor("vendor-b", 100, Some(plugin("hostile_loop")), 10)
         .await;
     let script_a = decision_script(&quiet_tokens, "vendor-a");
-    eprintln!("neighbours: vendor A alone");
+    eprintln!("neighbours ({limits:?}): vendor A alone");
     let quiet = wrk(&format!("{}/", server.url), Some(&script_a), 8, 8);
-    eprintln!("neighbours: vendor A while vendor B's plugin loops on every call");
+    eprintln!("neighbours ({limits:?}): vendor A while vendor B's plugin loops when called");
     let hostile_script = {
         let path = target_dir().join("bench-report/vendor-b.lua");
         let list = hostile_tokens
@@ -690,15 +722,15 @@ end
     std::thread::sleep(Duration::from_secs(1));
     let busy = wrk(&format!("{}/", server.url), Some(&script_a), 8, 8);
     let b = hostile.join().unwrap();
-    writeln!(report, "\n### Hostile neighbours\n").unwrap();
-    writeln!(
-        report,
-        "Vendor A's allowed decisions (velocity, 8 connections) alone: {:.0}/s, p50 {:.2} ms, **p99 {:.2} ms**. \
-         While vendor B's plugin (`hostile-loop`, deadline 10 ms) spins to its deadline on every call of B's 8 connections \
-         ({:.0} B requests/s, each escalated by B's fail mode): A {:.0}/s, p50 {:.2} ms, **p99 {:.2} ms** ({:.2}× quiet).",
-        quiet.rps, quiet.p50_ms, quiet.p99_ms, b.rps, busy.rps, busy.p50_ms, busy.p99_ms, busy.p99_ms / quiet.p99_ms
-    )
-    .unwrap();
+    let plugins = api
+        .call(reqwest::Method::GET, "/v1/vendor/plugins", &b_key, None)
+        .await;
+    let stats = &plugins[0]["stats"];
+    let mut outcomes = format!("{} calls", stats["calls"]);
+    for pair in stats["error_codes"].as_array().into_iter().flatten() {
+        write!(outcomes, ", {} `{}`", pair[1], pair[0].as_str().unwrap_or("?")).unwrap();
+    }
+    (quiet, busy, b, outcomes)
 }
 
 /// Devices of the `pending` section's vendor, and the pending approvals of each stage.
