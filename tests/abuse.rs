@@ -218,6 +218,17 @@ async fn different_requests(db: TestDb) {
         (&retried["id"], &retried["similar_requests"]),
         (&first["id"], &json!(1))
     );
+    // So is a retry of an identical request that joined it.
+    let identical = json!({
+        "action": "payment",
+        "params": {"amount": 60_000, "currency": "CNY", "recipient": "toy-shop"},
+        "idempotency_key": "k3",
+    });
+    let (_, joined) = w
+        .host
+        .post("/v1/approvals", &w.teddy, identical.clone())
+        .await;
+    assert_eq!(joined["id"], first["id"], "{joined}");
     let id = first["id"].as_str().unwrap();
     let mom = w.host.guardian(MOM);
     let (status, approved) = w
@@ -230,6 +241,8 @@ async fn different_requests(db: TestDb) {
     assert_eq!((status, &retried["id"]), (200, &first["id"]), "{retried}");
     assert_eq!(retried["status"], "approved");
     assert!(retried["token"]["token"].is_string(), "{retried}");
+    let (status, retried) = w.host.post("/v1/approvals", &w.teddy, identical).await;
+    assert_eq!((status, &retried["id"]), (200, &first["id"]), "{retried}");
     // Nothing is pending any more: the next variation is a request of its own.
     let again = ask(json!({"amount": 61_000, "currency": "CNY", "recipient": "toy-shop"})).await;
     assert_ne!(again["id"], first["id"]);

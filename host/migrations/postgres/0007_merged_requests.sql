@@ -4,8 +4,9 @@ ALTER TABLE approvals ADD COLUMN merged INTEGER NOT NULL DEFAULT 0;
 DROP INDEX approvals_by_actor_time;
 CREATE INDEX approvals_by_actor_time ON approvals (vendor, actor, created_at_ms) INCLUDE (status, action, currency, amount_minor, escalated, merged);
 
--- A merged request that carried an idempotency key: a retry with the key finds the request it was
--- merged into (and is not merged, or counted, a second time).
+-- A request merged into a pending one, or joined to an identical one, that carried an idempotency
+-- key: a retry with the key finds the request it was
+-- merged into or joined (and is not merged, or counted, a second time).
 CREATE TABLE merged_requests (
     vendor          TEXT    NOT NULL,
     actor           TEXT    NOT NULL,

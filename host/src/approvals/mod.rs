@@ -1063,7 +1063,27 @@ impl ApprovalService {
             return Ok(None);
         }
         let found = self.settle_if_expired(found).await?;
-        Ok((found.status == Status::Pending).then_some(Requested {
+        if found.status != Status::Pending {
+            return Ok(None);
+        }
+        // A retry with this request's key must find the request it joined, even once decided.
+        if let Some(key) = &new.idempotency_key {
+            let kept = rows::KeptKey {
+                vendor: &new.vendor,
+                actor: &new.actor,
+                key,
+                approval_id: &found.id,
+                into: &found.id,
+                action: &new.action,
+                params_hash,
+                at_ms: self.clock.now_ms(),
+            };
+            let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
+            if !rows::remember_key(&mut conn, &kept).await? {
+                return self.replay(new, key, params_hash).await;
+            }
+        }
+        Ok(Some(Requested {
             record: found,
             relation: Relation::JoinedPending,
         }))

@@ -507,33 +507,69 @@ pub async fn merge(
         return Ok(Merged::Gone);
     };
     if let Some(key) = &merged.idempotency_key {
-        let inserted = sqlx::query(
-            "INSERT INTO merged_requests
-                 (vendor, actor, idempotency_key, approval_id, into_id, action, params_hash, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&merged.vendor)
-        .bind(&merged.actor)
-        .bind(key)
-        .bind(&merged.id)
-        .bind(&into.id)
-        .bind(&merged.action)
-        .bind(&merged.params_hash)
-        .bind(i64_of(now_ms))
-        .execute(&mut *tx)
-        .await;
-        match inserted.map_err(StoreError::from) {
-            Ok(_) => {}
-            Err(e) if e.is_unique_violation() => {
-                tx.rollback().await?;
-                return Ok(Merged::Conflict);
-            }
-            Err(e) => return Err(e),
+        let kept = KeptKey {
+            vendor: &merged.vendor,
+            actor: &merged.actor,
+            key,
+            approval_id: &merged.id,
+            into: &into.id,
+            action: &merged.action,
+            params_hash: &merged.params_hash,
+            at_ms: now_ms,
+        };
+        if !remember_key(&mut tx, &kept).await? {
+            tx.rollback().await?;
+            return Ok(Merged::Conflict);
         }
     }
     let record = record_of(&row)?;
     tx.commit().await?;
     Ok(Merged::Into(Box::new(record)))
+}
+
+/// A request answered with another request's record (merged into it, or joined to it as
+/// identical), to be found again by its idempotency key.
+#[derive(Debug)]
+pub struct KeptKey<'a> {
+    pub vendor: &'a str,
+    pub actor: &'a str,
+    pub key: &'a str,
+    /// The request's own id (that of the request it joined, for an identical one).
+    pub approval_id: &'a str,
+    pub into: &'a str,
+    pub action: &'a str,
+    pub params_hash: &'a str,
+    pub at_ms: u64,
+}
+
+/// Remembers `kept`; `false` when its key is taken already (by a racing retry).
+///
+/// # Errors
+/// A database failure.
+pub async fn remember_key(
+    conn: &mut AnyConnection,
+    kept: &KeptKey<'_>,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO merged_requests
+             (vendor, actor, idempotency_key, approval_id, into_id, action, params_hash, created_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(kept.vendor)
+    .bind(kept.actor)
+    .bind(kept.key)
+    .bind(kept.approval_id)
+    .bind(kept.into)
+    .bind(kept.action)
+    .bind(kept.params_hash)
+    .bind(i64_of(kept.at_ms))
+    .execute(&mut *conn)
+    .await;
+    match inserted.map_err(StoreError::from) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_unique_violation() => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// A request merged into another, found by its idempotency key: (the id of the request it was
