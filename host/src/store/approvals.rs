@@ -633,6 +633,10 @@ pub async fn pending_of_action(
 /// # Errors
 /// A database failure or a corrupt row.
 pub async fn get(db: &Db, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+    // No id holds a control character (PostgreSQL cannot even compare text with a NUL).
+    if id.chars().any(char::is_control) {
+        return Ok(None);
+    }
     sqlx::query(&format!("SELECT {COLUMNS} FROM approvals WHERE id = $1"))
         .bind(id)
         .fetch_optional(db.pool())
