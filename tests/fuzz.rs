@@ -1624,6 +1624,10 @@ fn export_edit() -> BoxedStrategy<ExportEdit> {
 fn edit_export(export: &str, entries: usize, edit: &ExportEdit) -> String {
     let mut lines: Vec<String> = export.lines().map(str::to_owned).collect();
     let n = lines.len();
+    if n == 0 {
+        // Earlier edits dropped every line: nothing is left to edit.
+        return export.to_owned();
+    }
     let at = |i: u8| usize::from(i) % n;
     match edit {
         ExportEdit::Drop(i) => {
