@@ -662,7 +662,10 @@ async fn neighbours(report: &mut String) {
     // First with the plugin breaker off (B's plugin spins to its deadline on every call), then
     // with the default breaker (B's plugin is paused after three timeouts in a row).
     for (label, limits) in [
-        ("breaker off (`plugin_pause_after = 0`)", "plugin_pause_after = 0"),
+        (
+            "breaker off (`plugin_pause_after = 0`)",
+            "plugin_pause_after = 0",
+        ),
         ("default breaker (`plugin_pause_after = 3`)", ""),
     ] {
         let (quiet, busy, b, outcomes) = neighbours_with(limits).await;
@@ -728,7 +731,13 @@ end
     let stats = &plugins[0]["stats"];
     let mut outcomes = format!("{} calls", stats["calls"]);
     for pair in stats["error_codes"].as_array().into_iter().flatten() {
-        write!(outcomes, ", {} `{}`", pair[1], pair[0].as_str().unwrap_or("?")).unwrap();
+        write!(
+            outcomes,
+            ", {} `{}`",
+            pair[1],
+            pair[0].as_str().unwrap_or("?")
+        )
+        .unwrap();
     }
     (quiet, busy, b, outcomes)
 }
