@@ -28,19 +28,18 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::io::BufRead as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use approval_host::audit::Receipt;
 use approval_host::audit::checkpoint::CheckpointVerifier;
 use approval_host::audit::entry::{Event, PluginOutcome};
+use common::ADMIN;
+use common::process::ProcessHost;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const ADMIN: &str = "hostile-load-admin";
 const VENDOR_A: &str = "honest-a";
 const VENDOR_B: &str = "hostile-b";
 const VENDOR_C: &str = "honest-c";
@@ -110,11 +109,21 @@ async fn hostile_plugins_and_uploads_under_honest_load() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x00C0_FFEE_u64);
-    let mut host = HostProcess::start();
+    // The real binary on SQLite, with the plugin breaker off: every hostile plugin runs (to its
+    // limit) on every call, not just until it is paused (tests/plugin_runtime.rs tests the
+    // breaker).
+    let data = tempfile::tempdir().unwrap();
+    let database = format!(
+        "sqlite://{}?mode=rwc",
+        data.path().join("host.db").display()
+    );
+    let mut host =
+        ProcessHost::start_with("hostile", data.path(), &database, "plugin_pause_after = 0").await;
+    let pid = host.pid().unwrap();
     let api = Api::new(&host.url);
     let world = setup(&api).await;
     let stats = Arc::new(Mutex::new(Stats::default()));
-    let rss_start = host.status_kib("VmRSS").unwrap();
+    let rss_start = status_kib(pid, "VmRSS").unwrap();
 
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
@@ -144,7 +153,7 @@ async fn hostile_plugins_and_uploads_under_honest_load() {
         }));
     }
     let monitor = {
-        let (api, stats, pid) = (api.clone(), Arc::clone(&stats), host.pid());
+        let (api, stats) = (api.clone(), Arc::clone(&stats));
         tokio::spawn(async move { monitor(&api, pid, started, until, &stats).await })
     };
     for task in tasks {
@@ -162,17 +171,18 @@ async fn hostile_plugins_and_uploads_under_honest_load() {
         "the host died under load; its log ends with:\n{}",
         host.log_tail()
     );
-    let rss_end = host.status_kib("VmRSS").unwrap();
-    let hwm = host.status_kib("VmHWM").unwrap();
-    let new_versions = upload_new_versions(&api, &world.b_key, host.pid()).await;
+    let rss_end = status_kib(pid, "VmRSS").unwrap();
+    let hwm = status_kib(pid, "VmHWM").unwrap();
+    let new_versions = upload_new_versions(&api, &world.b_key, pid).await;
     let audited = audit_of_hostile_calls(&api).await;
     let receipts = check_receipts(&api, &stats.hostile).await;
     let versions = api.get("/v1/vendor/plugins", &world.b_key).await;
     assert_eq!(versions.0, 200, "{}", versions.1);
     let versions = versions.1.as_array().unwrap().len() as u64;
     let upload_entries = audit_entries(&api, "plugin_uploaded").await.len() as u64;
-    let cache = dir_size(&host.data.path().join("plugin-cache"));
-    let exit = host.stop();
+    let cache = dir_size(&data.path().join("plugin-cache"));
+    // A graceful stop; `stop` asserts the exit is clean.
+    host.stop().await;
     let log = std::fs::read_to_string(host.log_path()).unwrap_or_default();
 
     let report = Report {
@@ -191,7 +201,6 @@ async fn hostile_plugins_and_uploads_under_honest_load() {
     };
     common::report::write("hostile", &report.markdown());
     report.assert_all();
-    assert!(exit.success(), "the host did not stop cleanly: {exit}");
     assert!(
         !log.contains("panicked"),
         "the host's log holds a panic:\n{}",
@@ -201,117 +210,7 @@ async fn hostile_plugins_and_uploads_under_honest_load() {
 
 // ---- the host process ----------------------------------------------------------------------
 
-/// `approval-host serve` on 127.0.0.1:<a port it picks>, on SQLite in a temporary data
-/// directory; its stderr (the log) goes to `host.log` there. Killed when dropped unstopped.
-struct HostProcess {
-    child: Child,
-    url: String,
-    data: tempfile::TempDir,
-}
-
-impl HostProcess {
-    fn start() -> HostProcess {
-        let data = tempfile::tempdir().unwrap();
-        let config = data.path().join("host.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nadmin_token = \"{ADMIN}\"\n\
-                 [limits]\n{}\n",
-                data.path().display(),
-                // The plugin breaker off: every hostile plugin runs (to its limit) on every
-                // call, not just until it is paused (tests/plugin_runtime.rs tests the breaker).
-                "plugin_pause_after = 0",
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(data.path().join("host.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_approval-host"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        // The host prints one line when it listens: "approval-host listening on http://…".
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.strip_prefix("approval-host listening on ") {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        // A bound for a broken build, not a timing claim: start-up runs the migrations.
-        let url = rx.recv_timeout(Duration::from_secs(120));
-        let mut host = HostProcess {
-            child,
-            url: String::new(),
-            data,
-        };
-        match url {
-            Ok(url) => host.url = url,
-            Err(_) => panic!("the host did not start:\n{}", host.log_tail()),
-        }
-        host
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// A `kB` line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
-    fn status_kib(&self, field: &str) -> Option<u64> {
-        status_kib(self.pid(), field)
-    }
-
-    fn log_path(&self) -> std::path::PathBuf {
-        self.data.path().join("host.log")
-    }
-
-    /// The last lines of the host's log, for failure messages.
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// SIGTERM, then waits (at most a minute, then kills) for the exit.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return self.child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        if self.running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
+/// A `kB` line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status

@@ -63,6 +63,8 @@ pub struct ProcessHost {
     port: u16,
     data_dir: PathBuf,
     database_url: String,
+    /// Lines added to the config's `[limits]` section.
+    limits: String,
     log: PathBuf,
     child: Option<Child>,
     /// How many times it was started.
@@ -73,6 +75,17 @@ impl ProcessHost {
     /// Starts `approval-host serve` named `name` on `data_dir` and `database_url`, on a free port,
     /// and waits until it answers `/readyz`.
     pub async fn start(name: &str, data_dir: &Path, database_url: &str) -> ProcessHost {
+        ProcessHost::start_with(name, data_dir, database_url, "").await
+    }
+
+    /// [`ProcessHost::start`] with `limits` (TOML lines, e.g. `plugin_pause_after = 0`) added to
+    /// the config's `[limits]` section.
+    pub async fn start_with(
+        name: &str,
+        data_dir: &Path,
+        database_url: &str,
+        limits: &str,
+    ) -> ProcessHost {
         let _ = rustls::crypto::ring::default_provider().install_default();
         std::fs::create_dir_all(log_dir()).unwrap();
         let log = log_dir().join(format!("{name}.log"));
@@ -83,6 +96,7 @@ impl ProcessHost {
             port: 0,
             data_dir: data_dir.to_owned(),
             database_url: database_url.to_owned(),
+            limits: limits.to_owned(),
             log,
             child: None,
             starts: 0,
@@ -96,9 +110,16 @@ impl ProcessHost {
         self.child.as_ref().and_then(Child::id)
     }
 
-    /// Whether the process is running.
-    pub fn running(&self) -> bool {
-        self.child.is_some()
+    /// Whether the process is running (it was neither killed, stopped, nor has it died).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// The file its log (stderr) goes to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// A client of this host's API.
@@ -176,10 +197,12 @@ checkpoint_every_seconds = 1
 [limits]
 max_wait_seconds = 30
 sweep_every_seconds = 1
+{limits}
 "#,
             port = self.port,
             data = self.data_dir.display(),
             db = self.database_url,
+            limits = self.limits,
         );
         let path = self.data_dir.join(format!("{}.toml", self.name));
         std::fs::write(&path, config).unwrap();
