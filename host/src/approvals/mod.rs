@@ -364,10 +364,7 @@ fn write_answered(conn: &mut sqlx::AnyConnection, items: Vec<BulkItem>) -> BulkO
                 outcomes.push(Audited::nothing(refused));
                 continue;
             }
-            let flag = match volume {
-                Some(flag) if rows::raise_flag(conn, &flag).await? => Some(flag),
-                _ => None,
-            };
+            let flag = raise_volume(conn, volume).await?;
             let recorded = events::request(&record, None);
             outcomes.push(Audited {
                 value: Box::new(NewRecord::Stored(Box::new(record), flag)),
@@ -393,6 +390,51 @@ fn rate_limited(mut record: ApprovalRecord, retry_after_ms: u64, limit: u32) -> 
     );
     record.retry_after_ms = Some(retry_after_ms);
     record
+}
+
+/// Raises `volume` unless the actor has a flag from the last hour: the flag raised, if any.
+async fn raise_volume(
+    conn: &mut sqlx::AnyConnection,
+    volume: Option<rows::Flag>,
+) -> Result<Option<rows::Flag>, StoreError> {
+    Ok(match volume {
+        Some(flag) if rows::raise_flag(conn, &flag).await? => Some(flag),
+        _ => None,
+    })
+}
+
+/// Stores `record` as refused by the rate limit (`limit` an hour, `retry_after_ms` when it may
+/// ask again) with its plugin calls, the volume flag and its entries. Only a racing request with
+/// the same idempotency key can conflict: then nothing is written and the record is handed back.
+async fn store_refused(
+    conn: &mut sqlx::AnyConnection,
+    record: ApprovalRecord,
+    retry_after_ms: u64,
+    limit: u32,
+    volume: Option<rows::Flag>,
+) -> Result<Audited<NewRecord>, StoreError> {
+    let refused = rate_limited(record.clone(), retry_after_ms, limit);
+    if rows::insert(conn, &refused, None).await? == Inserted::Conflict {
+        return Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))));
+    }
+    stored(conn, refused, Some(limit), volume).await
+}
+
+/// Completes a stored new record: its plugin calls, the volume flag and its entries.
+async fn stored(
+    conn: &mut sqlx::AnyConnection,
+    record: ApprovalRecord,
+    limit: Option<u32>,
+    volume: Option<rows::Flag>,
+) -> Result<Audited<NewRecord>, StoreError> {
+    plugin_stats::insert_calls(conn, &[&record]).await?;
+    let flag = raise_volume(conn, volume).await?;
+    let recorded = events::request(&record, limit);
+    Ok(Audited {
+        value: NewRecord::Stored(Box::new(record), flag),
+        entries: recorded.entries,
+        payloads: recorded.payloads,
+    })
 }
 
 fn grant_of(action: &Action) -> Grant {
@@ -906,13 +948,6 @@ impl ApprovalService {
             .audit
             .commit(Scope::actor(&record.vendor, &record.actor), move |conn| {
                 Box::pin(async move {
-                    let raise = async |conn: &mut sqlx::AnyConnection,
-                                       volume: Option<rows::Flag>| {
-                        Ok::<_, StoreError>(match volume {
-                            Some(flag) if rows::raise_flag(conn, &flag).await? => Some(flag),
-                            _ => None,
-                        })
-                    };
                     match rows::merge(conn, &record, &into, record.created_at_ms, limit).await? {
                         rows::Merged::Gone => {
                             Ok(Audited::nothing(NewRecord::Gone(Box::new(record))))
@@ -921,22 +956,11 @@ impl ApprovalService {
                             Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))))
                         }
                         rows::Merged::OverLimit { retry_after_ms } => {
-                            let refused = rate_limited(record.clone(), retry_after_ms, limit);
-                            if rows::insert(conn, &refused, None).await? == Inserted::Conflict {
-                                return Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))));
-                            }
-                            plugin_stats::insert_calls(conn, &[&refused]).await?;
-                            let flag = raise(conn, volume).await?;
-                            let recorded = events::request(&refused, Some(limit));
-                            Ok(Audited {
-                                value: NewRecord::Stored(Box::new(refused), flag),
-                                entries: recorded.entries,
-                                payloads: recorded.payloads,
-                            })
+                            store_refused(conn, record, retry_after_ms, limit, volume).await
                         }
                         rows::Merged::Into(pending) => {
                             plugin_stats::insert_calls(conn, &[&record]).await?;
-                            let flag = raise(conn, volume).await?;
+                            let flag = raise_volume(conn, volume).await?;
                             let recorded = events::merged(&record, &pending.id);
                             Ok(Audited {
                                 value: NewRecord::Merged(pending, flag),
@@ -964,32 +988,16 @@ impl ApprovalService {
             .audit
             .commit(Scope::actor(&record.vendor, &record.actor), move |conn| {
                 Box::pin(async move {
-                    let record = match rows::insert(conn, &record, limit).await? {
-                        Inserted::Stored => record,
+                    match rows::insert(conn, &record, limit).await? {
+                        Inserted::Stored => stored(conn, record, limit, volume).await,
                         Inserted::Conflict => {
-                            return Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))));
+                            Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))))
                         }
                         Inserted::OverLimit { retry_after_ms } => {
-                            let refused =
-                                rate_limited(record.clone(), retry_after_ms, limit.unwrap_or(0));
-                            // Only a racing request with the same idempotency key can conflict.
-                            if rows::insert(conn, &refused, None).await? == Inserted::Conflict {
-                                return Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))));
-                            }
-                            refused
+                            let limit = limit.unwrap_or(0);
+                            store_refused(conn, record, retry_after_ms, limit, volume).await
                         }
-                    };
-                    plugin_stats::insert_calls(conn, &[&record]).await?;
-                    let flag = match volume {
-                        Some(flag) if rows::raise_flag(conn, &flag).await? => Some(flag),
-                        _ => None,
-                    };
-                    let recorded = events::request(&record, limit);
-                    Ok(Audited {
-                        value: NewRecord::Stored(Box::new(record), flag),
-                        entries: recorded.entries,
-                        payloads: recorded.payloads,
-                    })
+                    }
                 })
             })
             .await?;
@@ -1078,8 +1086,7 @@ impl ApprovalService {
                 params_hash,
                 at_ms: self.clock.now_ms(),
             };
-            let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
-            if !rows::remember_key(&mut conn, &kept).await? {
+            if !rows::keep_key(&self.db, &kept).await? {
                 return self.replay(new, key, params_hash).await;
             }
         }

@@ -572,6 +572,15 @@ pub async fn remember_key(
     }
 }
 
+/// [`remember_key`] on a connection of its own, outside any transaction.
+///
+/// # Errors
+/// A database failure.
+pub async fn keep_key(db: &Db, kept: &KeptKey<'_>) -> Result<bool, StoreError> {
+    let mut conn = db.pool().acquire().await?;
+    remember_key(&mut conn, kept).await
+}
+
 /// A request merged into another, found by its idempotency key: (the id of the request it was
 /// merged into, its action, its params hash).
 ///
