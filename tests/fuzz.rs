@@ -56,6 +56,39 @@ struct Figures {
     seconds: f64,
 }
 
+impl Figures {
+    /// Counts one execution's outcome; a failure is also listed, described by `what`.
+    fn note(&mut self, outcome: Result<String, String>, what: impl FnOnce(String) -> String) {
+        match outcome {
+            Ok(o) => *self.outcomes.entry(o).or_default() += 1,
+            Err(e) => {
+                *self.outcomes.entry("FAILED".into()).or_default() += 1;
+                self.failures.push(what(e));
+            }
+        }
+    }
+}
+
+/// Sends `request`: its status and error `code`, or why the answer is not a JSON error (the
+/// start of its body, at most `max` bytes, quoted), or that none came.
+async fn coded_answer(
+    request: reqwest::RequestBuilder,
+    max: usize,
+) -> Result<(u16, String), String> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap_or_default();
+    error_code(&bytes).map(|code| (status, code)).map_err(|e| {
+        format!(
+            "{status} {e}: {}",
+            shortened(&String::from_utf8_lossy(&bytes), max)
+        )
+    })
+}
+
 /// The groups of targets, in report order.
 const GROUPS: [&str; 3] = ["library", "HTTP, SQLite", "HTTP, PostgreSQL"];
 
@@ -3493,30 +3526,14 @@ async fn oversized(w: &World) -> Figures {
             request = request.header("authorization", auth);
         }
         figures.executions += 1;
-        let outcome = match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let bytes = response.bytes().await.unwrap_or_default();
-                match error_code(&bytes) {
-                    Ok(code) if status == 413 => Ok(format!("413 {code}")),
-                    Ok(code) => Err(format!("{status} {code}, not 413")),
-                    Err(e) => Err(format!(
-                        "{status} {e}: {}",
-                        shortened(&String::from_utf8_lossy(&bytes), 300)
-                    )),
-                }
-            }
-            Err(e) => Err(format!("no answer: {e}")),
+        let outcome = match coded_answer(request, 300).await {
+            Ok((413, code)) => Ok(format!("413 {code}")),
+            Ok((status, code)) => Err(format!("{status} {code}, not 413")),
+            Err(e) => Err(e),
         };
-        match outcome {
-            Ok(o) => *figures.outcomes.entry(o).or_default() += 1,
-            Err(e) => {
-                *figures.outcomes.entry("FAILED".into()).or_default() += 1;
-                figures
-                    .failures
-                    .push(format!("{method} {path} with a 2 MiB body: {e}"));
-            }
-        }
+        figures.note(outcome, |e| {
+            format!("{method} {path} with a 2 MiB body: {e}")
+        });
     }
     figures.seconds = started.elapsed().as_secs_f64();
     figures
@@ -3686,13 +3703,8 @@ async fn nul_everywhere(w: &World) -> Figures {
             body: body.as_ref().map(|b| b.to_string().into_bytes()),
         };
         figures.executions += 1;
-        match w.send(&call).await {
-            Ok(o) => *figures.outcomes.entry(o).or_default() += 1,
-            Err(e) => {
-                *figures.outcomes.entry("FAILED".into()).or_default() += 1;
-                figures.failures.push(format!("{call:?}: {e}"));
-            }
-        }
+        let outcome = w.send(&call).await;
+        figures.note(outcome, |e| format!("{call:?}: {e}"));
     }
     figures.seconds = started.elapsed().as_secs_f64();
     figures
@@ -3722,30 +3734,16 @@ async fn other_methods(w: &World, doc: &Value) -> Figures {
                 )
                 .bearer_auth(ADMIN)
                 .timeout(Duration::from_secs(HANG_SECONDS));
-            let outcome = match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let bytes = response.bytes().await.unwrap_or_default();
-                    match error_code(&bytes) {
-                        Ok(code) if (400..500).contains(&status) => Ok(format!("{status} {code}")),
-                        Ok(code) => Err(format!("{status} {code}")),
-                        Err(e) => Err(format!(
-                            "{status} {e}: {}",
-                            shortened(&String::from_utf8_lossy(&bytes), 200)
-                        )),
-                    }
+            let outcome = coded_answer(request, 200).await.and_then(|(status, code)| {
+                if (400..500).contains(&status) {
+                    Ok(format!("{status} {code}"))
+                } else {
+                    Err(format!("{status} {code}"))
                 }
-                Err(e) => Err(format!("no answer: {e}")),
-            };
-            match outcome {
-                Ok(o) => *figures.outcomes.entry(o).or_default() += 1,
-                Err(e) => {
-                    *figures.outcomes.entry("FAILED".into()).or_default() += 1;
-                    figures
-                        .failures
-                        .push(format!("{} {path}: {e}", method.to_uppercase()));
-                }
-            }
+            });
+            figures.note(outcome, |e| {
+                format!("{} {path}: {e}", method.to_uppercase())
+            });
         }
     }
     figures.seconds = started.elapsed().as_secs_f64();
