@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{
     self, Api, AuditIndex, Ledger, ProcessHost, Vendor, VendorSeed, eventually, guardian_session,
+    load_policy,
 };
 use common::report;
 use rand::rngs::StdRng;
@@ -520,11 +521,7 @@ async fn crash_without_loss(section: &str, backend: &str, data: &Path, database_
     let vendor = api
         .seed(&VendorSeed {
             id: "acme-toys".into(),
-            policy: json!({
-                "ttl_seconds": {"default": 10},
-                "max_approval_requests_per_hour": 1_000_000,
-                "settings": {"max-payments-per-hour": "1000000000"},
-            }),
+            policy: load_policy(),
             actors: 4,
             guardians: GUARDIANS.iter().map(|g| (*g).to_owned()).collect(),
             plugin: Some(common::plugin("velocity")),

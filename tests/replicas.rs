@@ -33,6 +33,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use common::process::{
     self, Api, AuditIndex, Ledger, ProcessHost, Vendor, VendorSeed, eventually, guardian_session,
+    load_policy,
 };
 use common::{ADMIN, report};
 use futures_util::StreamExt as _;
@@ -153,11 +154,7 @@ async fn two_replicas_share_one_postgres() {
     let acme = apis[0]
         .seed(&VendorSeed {
             id: "acme-toys".into(),
-            policy: json!({
-                "ttl_seconds": {"default": 10},
-                "max_approval_requests_per_hour": 1_000_000,
-                "settings": {"max-payments-per-hour": "1000000000"},
-            }),
+            policy: load_policy(),
             actors: 4,
             guardians: vec!["mom".into(), "dad".into()],
             plugin: None,
