@@ -19,13 +19,15 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use approval_host::plugin::{
-    LoadedPlugin, PluginError, PluginLimits, PluginRuntime, RuntimeConfig, UploadError,
+    LoadedPlugin, PluginError, PluginLimits, PluginRuntime, ReusedInstance, RuntimeConfig,
+    UploadError,
 };
 use approval_host::risk::{
     Action, Activity, ClassifyInput, CounterOffer, Decision, EffectivePolicy, History, Money,
     RiskRequest, Verdict,
 };
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 
 const VELOCITY: &str = concat!(env!("APPROVAL_HOST_PLUGINS_DIR"), "/velocity.wasm");
 
@@ -122,6 +124,24 @@ fn load(
     LoadedPlugin::new("acme-toys", 1, compiled, info)
 }
 
+/// Registers `plugin`'s call on a fresh instance and on `reused` (an instance of it) in `group`.
+fn fresh_and_reused(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    tokio: &tokio::runtime::Runtime,
+    rt: &PluginRuntime,
+    plugin: &LoadedPlugin,
+    reused: &mut ReusedInstance,
+    input: &ClassifyInput,
+    limits: &PluginLimits,
+) {
+    group.bench_function("fresh_instance_call", |b| {
+        b.iter(|| tokio.block_on(rt.classify(black_box(plugin), black_box(input), limits)));
+    });
+    group.bench_function("reused_instance_call", |b| {
+        b.iter(|| tokio.block_on(reused.classify(black_box(input))).unwrap());
+    });
+}
+
 fn bench_plugin_call(c: &mut Criterion) {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -162,12 +182,15 @@ fn bench_plugin_call(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
 
-    group.bench_function("fresh_instance_call", |b| {
-        b.iter(|| tokio.block_on(rt.classify(black_box(&plugin), black_box(&input), &limits)));
-    });
-    group.bench_function("reused_instance_call", |b| {
-        b.iter(|| tokio.block_on(reused.classify(black_box(&input))).unwrap());
-    });
+    fresh_and_reused(
+        &mut group,
+        &tokio,
+        &rt,
+        &plugin,
+        &mut reused,
+        &input,
+        &limits,
+    );
     group.bench_function("native_rust", |b| {
         b.iter(|| native::classify(black_box(&input)).unwrap());
     });
@@ -428,12 +451,15 @@ fn bench_python_plugin(c: &mut Criterion) {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    group.bench_function("fresh_instance_call", |b| {
-        b.iter(|| tokio.block_on(rt.classify(black_box(&plugin), black_box(&input), &limits)));
-    });
-    group.bench_function("reused_instance_call", |b| {
-        b.iter(|| tokio.block_on(reused.classify(black_box(&input))).unwrap());
-    });
+    fresh_and_reused(
+        &mut group,
+        &tokio,
+        &rt,
+        &plugin,
+        &mut reused,
+        &input,
+        &limits,
+    );
     group.finish();
 }
 
