@@ -76,6 +76,18 @@ struct Receiver {
     gate: Arc<Mutex<Option<Arc<tokio::sync::Semaphore>>>>,
 }
 
+/// A receiver started and set as the vendor's webhook: the receiver and the signing secret.
+async fn webhook_receiver(w: &World) -> (Receiver, String) {
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let (status, hook) = w
+        .host
+        .put("/v1/vendor/webhook", &w.vendor, json!({"url": url}))
+        .await;
+    assert_eq!(status, 200, "{hook}");
+    (receiver, hook["secret"].as_str().unwrap().to_owned())
+}
+
 impl Receiver {
     async fn start(&self) -> String {
         let me = self.clone();
@@ -132,14 +144,7 @@ fn check_signature(secret: &str, headers: &HeaderMap, body: &str) {
 on_both_backends!(webhooks_are_signed_retried_and_never_in_the_way, webhooks);
 async fn webhooks(db: TestDb) {
     let w = world(&db).await;
-    let receiver = Receiver::default();
-    let url = receiver.start().await;
-    let (status, hook) = w
-        .host
-        .put("/v1/vendor/webhook", &w.vendor, json!({"url": url}))
-        .await;
-    assert_eq!(status, 200, "{hook}");
-    let secret = hook["secret"].as_str().unwrap().to_owned();
+    let (receiver, secret) = webhook_receiver(&w).await;
     assert!(secret.starts_with("whsec_"));
     assert!(
         w.host
@@ -257,14 +262,7 @@ async fn cached_settings(db: TestDb) {
     w.host
         .actor(&w.vendor, "teddy-7", &["toy"], &["guardian-dad"])
         .await;
-    let receiver = Receiver::default();
-    let url = receiver.start().await;
-    let (status, hook) = w
-        .host
-        .put("/v1/vendor/webhook", &w.vendor, json!({"url": url}))
-        .await;
-    assert_eq!(status, 200);
-    let secret = hook["secret"].as_str().unwrap().to_owned();
+    let (receiver, secret) = webhook_receiver(&w).await;
     let dad = w.host.guardian("guardian-dad");
     let mut stream = Sse::new(
         w.host
