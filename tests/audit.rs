@@ -475,12 +475,67 @@ async fn failed_write(db: TestDb) {
         .collect();
     assert_eq!(vendors, ["v-a", "v-c"], "the failed write left no row");
     assert_eq!(log.size().await.unwrap(), 2, "and no entry");
+    // Alone in its batch (no savepoint around it), a failed write leaves nothing either, and
+    // the next batch goes on.
+    assert!(matches!(
+        write("v-d", true).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(write("v-e", false).await.unwrap().value, "v-e");
+    let vendors: Vec<String> = sqlx::query("SELECT id FROM vendors ORDER BY id")
+        .fetch_all(&mut AnyConnection::connect(&db.url).await.unwrap())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("id"))
+        .collect();
+    assert_eq!(vendors, ["v-a", "v-c", "v-e"], "the lone failed write left no row");
+    assert_eq!(log.size().await.unwrap(), 3);
     // Once closed, the log refuses writes rather than losing them.
     log.close().await.unwrap();
     assert!(matches!(
         log.append(vec![note(2)]).await,
         Err(StoreError::Closed)
     ));
+}
+
+on_both_backends!(
+    writes_naming_the_same_payload_store_it_once,
+    shared_payload
+);
+async fn shared_payload(db: TestDb) {
+    let log = common::audit_log(&db.db).await;
+    let bytes = b"{\"amount\":600}".to_vec();
+    let name = approval_host::audit::events::payload_name(&bytes);
+    let write = |n: u64| {
+        let log = Arc::clone(&log);
+        let payload = (name.clone(), bytes.clone());
+        async move {
+            log.commit(Scope::Vendor("v".into()), move |_conn: &mut AnyConnection| {
+                Box::pin(async move {
+                    Ok(Audited {
+                        value: n,
+                        entries: vec![note(n)],
+                        payloads: vec![payload.clone(), payload],
+                    })
+                })
+            })
+            .await
+        }
+    };
+    // Concurrent writes share batches: the payload is named several times in one statement.
+    let written = futures_util::future::join_all((0..20).map(write)).await;
+    assert!(written.iter().all(Result::is_ok), "{written:?}");
+    // And once more, when it is already stored.
+    write(20).await.unwrap();
+    assert_eq!(log.payload(&name).await.unwrap(), Some(bytes));
+    let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_payloads")
+        .fetch_one(&mut AnyConnection::connect(&db.url).await.unwrap())
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(stored, 1);
+    assert_eq!(log.size().await.unwrap(), 21);
 }
 
 on_both_backends!(

@@ -660,41 +660,58 @@ async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
 async fn neighbours(report: &mut String) {
     writeln!(report, "\n### Hostile neighbours\n").unwrap();
     // First with the plugin breaker off (B's plugin spins to its deadline on every call), then
-    // with the default breaker (B's plugin is paused after three timeouts in a row).
-    for (label, limits) in [
+    // with the default breaker (B's plugin is paused after three timeouts in a row), then, as the
+    // control, B's same traffic with a well-behaved plugin: what B's load costs A by itself.
+    for (label, limits, b_plugin) in [
         (
             "breaker off (`plugin_pause_after = 0`)",
             "plugin_pause_after = 0",
+            "hostile_loop",
         ),
-        ("default breaker (`plugin_pause_after = 3`)", ""),
+        (
+            "default breaker (`plugin_pause_after = 3`)",
+            "",
+            "hostile_loop",
+        ),
+        ("control: B well-behaved", "", "velocity"),
     ] {
-        let (quiet, busy, b, outcomes) = neighbours_with(limits).await;
+        let (quiet, busy, b, outcomes) = neighbours_with(limits, b_plugin).await;
+        let b_load = if b_plugin == "velocity" {
+            format!(
+                "Beside B's same traffic with a well-behaved plugin (velocity: {:.0} B requests/s, each allowed; B's plugin: {outcomes})",
+                b.rps
+            )
+        } else {
+            format!(
+                "While vendor B's plugin (`hostile-loop`, deadline 10 ms) spins whenever it is called, on B's 8 connections \
+                 ({:.0} B requests/s, each escalated by B's fail mode; B's plugin outcomes: {outcomes})",
+                b.rps
+            )
+        };
         writeln!(
             report,
             "**{label}.** Vendor A's allowed decisions (velocity, 8 connections) alone: {:.0}/s, p50 {:.2} ms, **p99 {:.2} ms**. \
-             While vendor B's plugin (`hostile-loop`, deadline 10 ms) spins whenever it is called, on B's 8 connections \
-             ({:.0} B requests/s, each escalated by B's fail mode; B's plugin outcomes: {outcomes}): A {:.0}/s, p50 {:.2} ms, \
-             **p99 {:.2} ms** ({:.2}× quiet).\n",
-            quiet.rps, quiet.p50_ms, quiet.p99_ms, b.rps, busy.rps, busy.p50_ms, busy.p99_ms, busy.p99_ms / quiet.p99_ms
+             {b_load}: A {:.0}/s, p50 {:.2} ms, **p99 {:.2} ms** ({:.2}× quiet).\n",
+            quiet.rps, quiet.p50_ms, quiet.p99_ms, busy.rps, busy.p50_ms, busy.p99_ms, busy.p99_ms / quiet.p99_ms
         )
         .unwrap();
     }
 }
 
 /// Vendor A alone, A beside B's spinning plugin, B's load, and B's plugin outcomes by code.
-async fn neighbours_with(limits: &str) -> (Run, Run, Run, String) {
+async fn neighbours_with(limits: &str, b_plugin: &str) -> (Run, Run, Run, String) {
     let server = Server::start_with(None, limits);
     let api = server.api();
     let (_, quiet_tokens) = api
         .vendor("vendor-a", 100, Some(plugin("velocity")), 250)
         .await;
     let (b_key, hostile_tokens) = api
-        .vendor("vendor-b", 100, Some(plugin("hostile_loop")), 10)
+        .vendor("vendor-b", 100, Some(plugin(b_plugin)), 10)
         .await;
     let script_a = decision_script(&quiet_tokens, "vendor-a");
     eprintln!("neighbours ({limits:?}): vendor A alone");
     let quiet = wrk(&format!("{}/", server.url), Some(&script_a), 8, 8);
-    eprintln!("neighbours ({limits:?}): vendor A while vendor B's plugin loops when called");
+    eprintln!("neighbours ({limits:?}): vendor A beside vendor B ({b_plugin})");
     let hostile_script = {
         let path = target_dir().join("bench-report/vendor-b.lua");
         let list = hostile_tokens

@@ -168,6 +168,20 @@ impl HashCache {
     }
 }
 
+impl HashCache {
+    /// The hashes at `indexes`, in order.
+    ///
+    /// # Errors
+    /// One of them is not in the cache.
+    pub fn get(&self, indexes: &[u64]) -> Result<Vec<Hash>, ProofError> {
+        let known = lock(&self.known);
+        indexes
+            .iter()
+            .map(|i| known.get(i).copied().ok_or(ProofError::MissingHash(*i)))
+            .collect()
+    }
+}
+
 impl HashReader for HashCache {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog::Error> {
         let known = lock(&self.known);

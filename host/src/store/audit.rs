@@ -12,6 +12,11 @@ use crate::audit::merkle::{self, Hash, HashCache, ProofError, TreeOp};
 /// Rows per multi-row INSERT: few distinct statements to prepare, far below every bind limit.
 const ENTRY_ROWS_PER_INSERT: usize = 100;
 const HASH_ROWS_PER_INSERT: usize = 250;
+const PAYLOAD_ROWS_PER_INSERT: usize = 100;
+
+fn corrupt(e: merkle::ProofError) -> StoreError {
+    StoreError::Corrupt(format!("audit tree: {e}"))
+}
 
 fn hash_of(bytes: &[u8]) -> Result<Hash, StoreError> {
     merkle::hash_from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("audit hash: {e}")))
@@ -80,13 +85,28 @@ pub async fn tree(
     Ok(op.run(&cache))
 }
 
+/// The stored hashes on the right edge of the tree of `size` entries: all that appending to it
+/// reads. Hashes of a committed size never change, so an edge kept from one commit serves the
+/// next append that starts at that size, on any writer.
+#[derive(Debug, Clone, Default)]
+pub struct RightEdge {
+    pub size: u64,
+    pub hashes: Vec<(u64, Hash)>,
+}
+
 /// Appends `entries` (in order) and their stored hashes inside the caller's transaction, and
-/// returns the index of the first. Updating `audit_head` first makes concurrent appenders, on
-/// any replica, wait for this transaction to end: the database orders the log.
+/// returns the index of the first and the new right edge (none when there were no entries). Updating `audit_head` first makes
+/// concurrent appenders, on any replica, wait for this transaction to end: the database orders
+/// the log. `known` is a committed edge: when the log is at its size (nobody else appended
+/// since), the edge is not read again.
 ///
 /// # Errors
 /// A database failure, or stored hashes missing from the tree's right edge (a damaged log).
-pub async fn append(conn: &mut AnyConnection, entries: &[Entry]) -> Result<u64, StoreError> {
+pub async fn append(
+    conn: &mut AnyConnection,
+    entries: &[Entry],
+    known: Option<&RightEdge>,
+) -> Result<(u64, Option<RightEdge>), StoreError> {
     let count = entries.len() as u64;
     let row = sqlx::query("UPDATE audit_head SET size = size + $1 WHERE id = 1 RETURNING size")
         .bind(i64_of(count))
@@ -97,14 +117,23 @@ pub async fn append(conn: &mut AnyConnection, entries: &[Entry]) -> Result<u64, 
         .checked_sub(count)
         .ok_or_else(|| StoreError::Corrupt("audit log size went backwards".into()))?;
     if entries.is_empty() {
-        return Ok(start);
+        return Ok((start, None));
     }
+    let edge = match known {
+        Some(edge) if edge.size == start => edge.hashes.clone(),
+        _ => read_hashes(conn, &merkle::right_edge(start)).await?,
+    };
     let encoded: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
     let leaves: Vec<Hash> = encoded.iter().map(|b| merkle::leaf_hash(b)).collect();
     let cache = HashCache::new();
-    cache.insert(read_hashes(conn, &merkle::right_edge(start)).await?);
+    cache.insert(edge);
     let hashes = merkle::append(start, &leaves, &cache)
         .map_err(|e| StoreError::Corrupt(format!("audit tree at size {start}: {e}")))?;
+    let edge = merkle::right_edge(end);
+    let edge = RightEdge {
+        size: end,
+        hashes: edge.iter().copied().zip(cache.get(&edge).map_err(corrupt)?).collect(),
+    };
 
     let rows: Vec<_> = (start..).zip(entries.iter().zip(&encoded)).collect();
     for chunk in rows.chunks(ENTRY_ROWS_PER_INSERT) {
@@ -140,10 +169,11 @@ pub async fn append(conn: &mut AnyConnection, entries: &[Entry]) -> Result<u64, 
         }
         query.execute(&mut *conn).await?;
     }
-    Ok(start)
+    Ok((start, Some(edge)))
 }
 
-/// Stores payloads by SHA-256 (hex) in the caller's transaction; ones already stored are kept.
+/// Stores payloads by SHA-256 (hex) in the caller's transaction, in multi-row inserts (a batch's
+/// payloads are one statement, not one each); ones already stored, or named twice, are kept once.
 ///
 /// # Errors
 /// A database failure.
@@ -151,14 +181,20 @@ pub async fn put_payloads(
     conn: &mut AnyConnection,
     payloads: &[(String, Vec<u8>)],
 ) -> Result<(), StoreError> {
-    for (sha256, bytes) in payloads {
-        sqlx::query(
-            "INSERT INTO audit_payloads (sha256, bytes) VALUES ($1, $2) ON CONFLICT (sha256) DO NOTHING",
-        )
-        .bind(sha256)
-        .bind(bytes.as_slice())
-        .execute(&mut *conn)
-        .await?;
+    let mut seen = std::collections::HashSet::new();
+    let distinct: Vec<_> = payloads
+        .iter()
+        .filter(|(sha256, _)| seen.insert(sha256.as_str()))
+        .collect();
+    for chunk in distinct.chunks(PAYLOAD_ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO audit_payloads (sha256, bytes) VALUES {} ON CONFLICT (sha256) DO NOTHING",
+            placeholders(conn, chunk.len(), 2)
+        );
+        let query = chunk.iter().fold(sqlx::query(&sql), |query, (sha256, bytes)| {
+            query.bind(sha256.as_str()).bind(bytes.as_slice())
+        });
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
