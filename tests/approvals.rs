@@ -673,6 +673,63 @@ async fn rate_limit_concurrent(db: TestDb) {
     assert_eq!((pending, limited), (5, 15));
 }
 
+on_both_backends!(
+    rate_limit_exact_for_actors_near_and_far_from_it_at_once,
+    rate_limit_mixed
+);
+async fn rate_limit_mixed(db: TestDb) {
+    let host = host(&db).await;
+    set_template(
+        &host,
+        r#"{"plugin_limits":{"deadline_ms":10000},"max_approval_requests_per_hour":12}"#,
+    )
+    .await;
+    let robot = "robot-7";
+    host.service
+        .register_actor(VENDOR, robot, &["toy".into()], &[MOM.into()])
+        .await
+        .unwrap();
+    // Distinct recipients: no request is a tiny variation of another.
+    let ask_for = |actor: &str, n: u64| NewRequest {
+        actor: actor.into(),
+        ..request(
+            "payment",
+            json!({"amount": 60_000, "currency": "CNY", "recipient": format!("shop-{n}")}),
+        )
+    };
+    for n in 0..10 {
+        assert_eq!(
+            ask(&host, ask_for(TEDDY, n)).await.record.status,
+            Status::Pending
+        );
+    }
+    // Teddy (10 of 12 used) and the robot (none used) ask 6 times each, all at once: written
+    // together where they share a batch, counted exactly either way.
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 100..106 {
+        for actor in [TEDDY, robot] {
+            let service = Arc::clone(&host.service);
+            let new = ask_for(actor, n);
+            tasks.spawn(async move { service.request(new).await });
+        }
+    }
+    let mut outcomes = std::collections::BTreeMap::new();
+    while let Some(result) = tasks.join_next().await {
+        let record = result.unwrap().unwrap().record;
+        *outcomes
+            .entry((record.actor.clone(), record.status.as_str()))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        outcomes.into_iter().collect::<Vec<_>>(),
+        [
+            ((robot.to_owned(), "pending"), 6),
+            ((TEDDY.to_owned(), "pending"), 2),
+            ((TEDDY.to_owned(), "rate_limited"), 4),
+        ]
+    );
+}
+
 on_both_backends!(plugins_and_their_fail_mode, plugins);
 async fn plugins(db: TestDb) {
     let host = host(&db).await;

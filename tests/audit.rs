@@ -489,7 +489,11 @@ async fn failed_write(db: TestDb) {
         .iter()
         .map(|r| r.get::<String, _>("id"))
         .collect();
-    assert_eq!(vendors, ["v-a", "v-c", "v-e"], "the lone failed write left no row");
+    assert_eq!(
+        vendors,
+        ["v-a", "v-c", "v-e"],
+        "the lone failed write left no row"
+    );
     assert_eq!(log.size().await.unwrap(), 3);
     // Once closed, the log refuses writes rather than losing them.
     log.close().await.unwrap();
@@ -499,10 +503,7 @@ async fn failed_write(db: TestDb) {
     ));
 }
 
-on_both_backends!(
-    writes_naming_the_same_payload_store_it_once,
-    shared_payload
-);
+on_both_backends!(writes_naming_the_same_payload_store_it_once, shared_payload);
 async fn shared_payload(db: TestDb) {
     let log = common::audit_log(&db.db).await;
     let bytes = b"{\"amount\":600}".to_vec();
@@ -511,15 +512,18 @@ async fn shared_payload(db: TestDb) {
         let log = Arc::clone(&log);
         let payload = (name.clone(), bytes.clone());
         async move {
-            log.commit(Scope::Vendor("v".into()), move |_conn: &mut AnyConnection| {
-                Box::pin(async move {
-                    Ok(Audited {
-                        value: n,
-                        entries: vec![note(n)],
-                        payloads: vec![payload.clone(), payload],
+            log.commit(
+                Scope::Vendor("v".into()),
+                move |_conn: &mut AnyConnection| {
+                    Box::pin(async move {
+                        Ok(Audited {
+                            value: n,
+                            entries: vec![note(n)],
+                            payloads: vec![payload.clone(), payload],
+                        })
                     })
-                })
-            })
+                },
+            )
             .await
         }
     };

@@ -24,7 +24,7 @@ use crate::risk::{Action, ClassifyInput, Decision, RiskRequest};
 use crate::store::approvals::{self as rows, Inserted, Settlement};
 use crate::store::cache::{Cached, Topic};
 use crate::store::directory::{self, ActorRow, DocumentKind, DocumentVersion};
-use crate::store::{Db, StoreError, plugin_stats};
+use crate::store::{Backend, Db, StoreError, plugin_stats};
 use crate::token::{CapabilityClaims, DecisionMethod, Grant, TokenError, TokenIssuer};
 use record::{
     ApprovalRecord, FiredRule, IssuedToken, Method, PluginRun, Provenance, Route, Status,
@@ -374,6 +374,121 @@ fn write_answered(conn: &mut sqlx::AnyConnection, items: Vec<BulkItem>) -> BulkO
         }
         Ok(outcomes)
     })
+}
+
+/// A new request for a guardian on its way to [`write_pending`]: its record, the hourly limit it
+/// counts against, and the volume flag it raises unless the actor has one from the last hour.
+struct PendingItem {
+    record: ApprovalRecord,
+    limit: u32,
+    volume: Option<rows::Flag>,
+}
+
+/// Writes the new requests for a guardian of a SQLite batch together. The batch holds SQLite's
+/// write lock (`BEGIN IMMEDIATE`), which serializes counting as the per-actor lock rows do on
+/// PostgreSQL, so every actor of the batch is counted in one statement, over the earliest
+/// window of the batch (a bound from above for each request). An actor all of whose requests
+/// fit under the limit by that count has them stored in multi-row inserts; the requests of an
+/// actor at or near its limit are written one by one, exactly as [`write_new`] does alone.
+fn write_pending(conn: &mut sqlx::AnyConnection, items: Vec<BulkItem>) -> BulkOutcomes<'_> {
+    Box::pin(async move {
+        let items = items
+            .into_iter()
+            .map(|item| {
+                item.downcast::<PendingItem>()
+                    .map(|item| *item)
+                    .map_err(|_| StoreError::Corrupt("a pending request of another type".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let since = items
+            .iter()
+            .map(|i| i.record.created_at_ms)
+            .min()
+            .unwrap_or(0)
+            .saturating_sub(rows::RATE_WINDOW_MS);
+        let mut in_batch: std::collections::HashMap<(&str, &str), (u64, u32)> =
+            std::collections::HashMap::new();
+        for item in &items {
+            let counted = in_batch
+                .entry((&item.record.vendor, &item.record.actor))
+                .or_insert((0, u32::MAX));
+            counted.0 += 1;
+            counted.1 = counted.1.min(item.limit);
+        }
+        let actors: Vec<(&str, &str)> = in_batch.keys().copied().collect();
+        let before = rows::escalated_since(conn, &actors, since).await?;
+        let fits = |record: &ApprovalRecord| {
+            let key = (record.vendor.as_str(), record.actor.as_str());
+            let (asking, limit) = in_batch[&key];
+            let counted = before
+                .get(&(key.0.to_owned(), key.1.to_owned()))
+                .copied()
+                .unwrap_or(0);
+            counted + asking <= u64::from(limit)
+        };
+        let fitting: Vec<bool> = items.iter().map(|i| fits(&i.record)).collect();
+        let together: Vec<&ApprovalRecord> = items
+            .iter()
+            .zip(&fitting)
+            .filter_map(|(i, fit)| fit.then_some(&i.record))
+            .collect();
+        let stored = rows::insert_answered(conn, &together).await?;
+        let kept: Vec<&ApprovalRecord> = together
+            .iter()
+            .zip(&stored)
+            .filter_map(|(record, stored)| stored.then_some(*record))
+            .collect();
+        plugin_stats::insert_calls(conn, &kept).await?;
+        let kept: std::collections::HashSet<String> = kept.iter().map(|r| r.id.clone()).collect();
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (
+            PendingItem {
+                record,
+                limit,
+                volume,
+            },
+            fit,
+        ) in items.into_iter().zip(fitting)
+        {
+            let out = if !fit {
+                write_new(conn, record, Some(limit), volume).await?
+            } else if kept.contains(&record.id) {
+                let flag = raise_volume(conn, volume).await?;
+                let recorded = events::request(&record, Some(limit));
+                Audited {
+                    value: NewRecord::Stored(Box::new(record), flag),
+                    entries: recorded.entries,
+                    payloads: recorded.payloads,
+                }
+            } else {
+                Audited::nothing(NewRecord::Conflict(Box::new(record)))
+            };
+            outcomes.push(Audited {
+                value: Box::new(out.value) as Box<dyn std::any::Any + Send>,
+                entries: out.entries,
+                payloads: out.payloads,
+            });
+        }
+        Ok(outcomes)
+    })
+}
+
+/// Stores a new request's record in the caller's transaction: counted against `limit` first
+/// when it goes to a guardian, stored as refused over the limit, handed back on a conflict.
+async fn write_new(
+    conn: &mut sqlx::AnyConnection,
+    record: ApprovalRecord,
+    limit: Option<u32>,
+    volume: Option<rows::Flag>,
+) -> Result<Audited<NewRecord>, StoreError> {
+    match rows::insert(conn, &record, limit).await? {
+        Inserted::Stored => stored(conn, record, limit, volume).await,
+        Inserted::Conflict => Ok(Audited::nothing(NewRecord::Conflict(Box::new(record)))),
+        Inserted::OverLimit { retry_after_ms } => {
+            let limit = limit.unwrap_or(0);
+            store_refused(conn, record, retry_after_ms, limit, volume).await
+        }
+    }
 }
 
 /// `record` refused because its actor has had `limit` requests for a guardian this hour.
@@ -876,7 +991,7 @@ impl ApprovalService {
                     self.store_merged(attempt, into, limit, volume.clone())
                         .await?
                 }
-                (Some(_), None) => self.store_new(attempt, limit, volume.clone()).await?,
+                (Some(limit), None) => self.store_new(attempt, limit, volume.clone()).await?,
             };
             match outcome {
                 NewRecord::Stored(record, flag) => {
@@ -977,28 +1092,31 @@ impl ApprovalService {
 
     /// Stores a new request's record with its audit entries, in one transaction. Over the rate
     /// limit, the record is stored as refused instead. `volume` is raised in the same
-    /// transaction unless the actor already has a flag from the last hour.
+    /// transaction unless the actor already has a flag from the last hour. On SQLite, the
+    /// requests of a batch share multi-row inserts (see [`write_pending`]).
     async fn store_new(
         &self,
         record: ApprovalRecord,
-        limit: Option<u32>,
+        limit: u32,
         volume: Option<rows::Flag>,
     ) -> Result<NewRecord, ApprovalError> {
+        let scope = Scope::actor(&record.vendor, &record.actor);
+        if self.db.backend() == Backend::Sqlite {
+            let item = PendingItem {
+                record,
+                limit,
+                volume,
+            };
+            let committed = self
+                .audit
+                .commit_bulk(scope, "pending-requests", write_pending, item)
+                .await?;
+            return Ok(committed.value);
+        }
         let committed = self
             .audit
-            .commit(Scope::actor(&record.vendor, &record.actor), move |conn| {
-                Box::pin(async move {
-                    match rows::insert(conn, &record, limit).await? {
-                        Inserted::Stored => stored(conn, record, limit, volume).await,
-                        Inserted::Conflict => {
-                            Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))))
-                        }
-                        Inserted::OverLimit { retry_after_ms } => {
-                            let limit = limit.unwrap_or(0);
-                            store_refused(conn, record, retry_after_ms, limit, volume).await
-                        }
-                    }
-                })
+            .commit(scope, move |conn| {
+                Box::pin(async move { write_new(conn, record, Some(limit), volume).await })
             })
             .await?;
         Ok(committed.value)

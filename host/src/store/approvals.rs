@@ -2,9 +2,11 @@
 //! in the same transaction), idempotency and join-pending lookups, the conditional writes that
 //! settle a pending request exactly once, and the history summary plugins are given.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection as _, Row as _};
 
@@ -338,8 +340,9 @@ async fn insert_record(conn: &mut AnyConnection, r: &ApprovalRecord) -> Result<(
     Ok(())
 }
 
-/// Stores new records that need no rate-limit count (answered at once), with multi-row
-/// inserts in the caller's transaction. A record refused by a unique index (an identical
+/// Stores new records that need no rate-limit count (answered at once, or counted by the caller
+/// under SQLite's write lock, see [`escalated_since`]), with multi-row inserts in the caller's
+/// transaction. A record refused by a unique index (an identical
 /// request, or one with the same idempotency key, got there first) is skipped; returns whether
 /// each was stored, in order.
 ///
@@ -459,6 +462,50 @@ async fn over_limit(
         .try_get::<Option<i64>, _>("oldest")?
         .map_or(now_ms, u64_of);
     Ok(Some(oldest + RATE_WINDOW_MS))
+}
+
+/// Each actor's requests for a guardian created after `since_ms`, as the rate limit counts them
+/// (merged ones too), in one statement. With `since_ms` the earliest window of a batch's
+/// requests, this bounds every one of their counts from above.
+///
+/// This count is not serialized against other writers: only a caller holding SQLite's write
+/// lock (a batch's `BEGIN IMMEDIATE`) may rely on it. Elsewhere the limit goes through
+/// [`insert`].
+///
+/// # Errors
+/// A database failure.
+pub async fn escalated_since(
+    conn: &mut AnyConnection,
+    actors: &[(&str, &str)],
+    since_ms: u64,
+) -> Result<HashMap<(String, String), u64>, StoreError> {
+    const ACTORS_PER_QUERY: usize = 100;
+    let mut counts = HashMap::with_capacity(actors.len());
+    for chunk in actors.chunks(ACTORS_PER_QUERY) {
+        // One indexed count per actor, in one statement.
+        let sql = (0..chunk.len())
+            .map(|i| {
+                let (v, a) = (2 * i + 2, 2 * i + 3);
+                format!(
+                    "SELECT CAST(${v} AS TEXT) AS vendor, CAST(${a} AS TEXT) AS actor, CAST(COALESCE(SUM(1 + merged), 0) AS BIGINT) AS n
+                     FROM approvals WHERE vendor = ${v} AND actor = ${a} AND escalated = 1 AND created_at_ms > $1"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let query = chunk
+            .iter()
+            .fold(sqlx::query(&sql).bind(i64_of(since_ms)), |q, (v, a)| {
+                q.bind(*v).bind(*a)
+            });
+        for row in query.fetch_all(&mut *conn).await? {
+            counts.insert(
+                (row.try_get("vendor")?, row.try_get("actor")?),
+                u64_of(row.try_get("n")?),
+            );
+        }
+    }
+    Ok(counts)
 }
 
 /// What merging a request into a pending one did.

@@ -132,7 +132,11 @@ pub async fn append(
     let edge = merkle::right_edge(end);
     let edge = RightEdge {
         size: end,
-        hashes: edge.iter().copied().zip(cache.get(&edge).map_err(corrupt)?).collect(),
+        hashes: edge
+            .iter()
+            .copied()
+            .zip(cache.get(&edge).map_err(corrupt)?)
+            .collect(),
     };
 
     let rows: Vec<_> = (start..).zip(entries.iter().zip(&encoded)).collect();
@@ -191,9 +195,11 @@ pub async fn put_payloads(
             "INSERT INTO audit_payloads (sha256, bytes) VALUES {} ON CONFLICT (sha256) DO NOTHING",
             placeholders(conn, chunk.len(), 2)
         );
-        let query = chunk.iter().fold(sqlx::query(&sql), |query, (sha256, bytes)| {
-            query.bind(sha256.as_str()).bind(bytes.as_slice())
-        });
+        let query = chunk
+            .iter()
+            .fold(sqlx::query(&sql), |query, (sha256, bytes)| {
+                query.bind(sha256.as_str()).bind(bytes.as_slice())
+            });
         query.execute(&mut *conn).await?;
     }
     Ok(())
