@@ -1044,10 +1044,16 @@ impl ApprovalService {
         let pending =
             rows::pending_of_action(&self.db, &record.vendor, &record.actor, &record.action)
                 .await?;
-        Ok(pending.into_iter().find(|p| {
+        let Some(similar) = pending.into_iter().find(|p| {
             p.expires_at_ms.is_some_and(|at| at > record.created_at_ms)
                 && action::is_tiny_variation(&p.params, &record.params)
-        }))
+        }) else {
+            return Ok(None);
+        };
+        // Settled meanwhile: nothing to merge into (merging checks again in its transaction).
+        Ok(rows::get(&self.db, &similar.id)
+            .await?
+            .filter(|found| found.status == Status::Pending))
     }
 
     /// Merges `record` (a request for a guardian) into the pending request `into`, with its
