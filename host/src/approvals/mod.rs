@@ -909,7 +909,7 @@ impl ApprovalService {
             }
         }
         let now = self.clock.now_ms();
-        let history = rows::history(&self.db, &new.vendor, &new.actor, now).await?;
+        let (history, flagged_at) = rows::history(&self.db, &new.vendor, &new.actor, now).await?;
         // A pending request is at most a day old (the longest TTL), so one the history does not
         // count cannot exist. The actor's pending requests are read once, to join an identical
         // one now and to merge into a similar one once the request is classified.
@@ -983,7 +983,7 @@ impl ApprovalService {
         };
         // A unique index refusing the insert means an identical request got there first: answer
         // as if this one came second. If that request has meanwhile expired, try again.
-        let volume = self.volume_flag(&record, &input.history, now);
+        let volume = self.volume_flag(&record, &input.history, flagged_at, now);
         // A tiny variation of a request still pending waits with it instead of asking the
         // guardians again. (Two variations racing may both be stored: merging is best effort,
         // joining identical requests is enforced by a unique index.)
@@ -1390,8 +1390,14 @@ impl ApprovalService {
         &self,
         record: &ApprovalRecord,
         before: &crate::risk::History,
+        flagged_at: Option<u64>,
         now: u64,
     ) -> Option<rows::Flag> {
+        // Flags are never removed: one from the last hour rules out another, so the write would
+        // be a statement that changes nothing (on every request of a busy actor).
+        if flagged_at.is_some_and(|at| at > now.saturating_sub(rows::RATE_WINDOW_MS)) {
+            return None;
+        }
         let last_hour = before.last_hour.requests.saturating_add(1);
         let earlier = before
             .last_day
@@ -1462,7 +1468,8 @@ impl ApprovalService {
                     &record.actor,
                     record.created_at_ms.saturating_sub(1),
                 )
-                .await?,
+                .await?
+                .0,
             };
             let report = runtime
                 .classify(plugin, &input, &template.plugin_limits)

@@ -890,7 +890,9 @@ pub async fn any_expired(db: &Db, now_ms: u64) -> Result<bool, StoreError> {
     .is_some())
 }
 
-/// An actor's activity in the last hour and day, and its pending count, as of `now_ms`.
+/// An actor's activity in the last hour and day, and its pending count, as of `now_ms`; and
+/// when its latest volume flag was raised, if ever (the same statement: a flag from the last
+/// hour means no new one may be raised, so a request need not try).
 ///
 /// # Errors
 /// A database failure.
@@ -899,7 +901,7 @@ pub async fn history(
     vendor: &str,
     actor: &str,
     now_ms: u64,
-) -> Result<History, StoreError> {
+) -> Result<(History, Option<u64>), StoreError> {
     let hour = i64_of(now_ms.saturating_sub(RATE_WINDOW_MS));
     let day = i64_of(now_ms.saturating_sub(24 * RATE_WINDOW_MS));
     let rows = sqlx::query(
@@ -912,7 +914,8 @@ pub async fn history(
                 SUM(CASE WHEN status = 'denied' THEN 1 ELSE 0 END) AS day_denied,
                 CAST(SUM(CASE WHEN created_at_ms > $3 AND status IN ('allowed', 'approved') THEN amount_minor ELSE 0 END) AS BIGINT) AS hour_spend,
                 CAST(SUM(CASE WHEN status IN ('allowed', 'approved') THEN amount_minor ELSE 0 END) AS BIGINT) AS day_spend,
-                SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending
+                SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending,
+                (SELECT MAX(raised_at_ms) FROM actor_flags WHERE vendor = $1 AND actor = $2) AS flagged_at
          FROM approvals WHERE vendor = $1 AND actor = $2 AND created_at_ms > $4 AND created_at_ms <= $5
          GROUP BY currency",
     )
@@ -924,6 +927,7 @@ pub async fn history(
     .fetch_all(db.pool())
     .await?;
     let mut history = History::default();
+    let mut flagged_at = None;
     let get = |row: &AnyRow, column: &str| -> Result<u64, StoreError> {
         Ok(row.try_get::<Option<i64>, _>(column)?.map_or(0, u64_of))
     };
@@ -953,8 +957,9 @@ pub async fn history(
             get(row, "day_spend")?,
         );
         history.pending = history.pending.saturating_add(count(get(row, "pending")?));
+        flagged_at = opt_u64(row, "flagged_at")?;
     }
-    Ok(history)
+    Ok((history, flagged_at))
 }
 
 /// Raises a flag for an actor whose volume jumped, unless one was raised in the last hour.
