@@ -911,18 +911,9 @@ impl ApprovalService {
         let now = self.clock.now_ms();
         let (history, flagged_at) = rows::history(&self.db, &new.vendor, &new.actor, now).await?;
         // A pending request is at most a day old (the longest TTL), so one the history does not
-        // count cannot exist. The actor's pending requests are read once, to join an identical
-        // one now and to merge into a similar one once the request is classified.
-        let pending = if history.pending > 0 {
-            rows::pending_of_actor(&self.db, &new.vendor, &new.actor).await?
-        } else {
-            Vec::new()
-        };
-        if let Some(same) = pending
-            .iter()
-            .find(|p| p.params_hash == params_hash && p.action == new.action)
-            && let Some(found) = rows::get(&self.db, &same.id).await?
-            && let Some(found) = self.join(&new, found, &params_hash).await?
+        // count cannot exist.
+        if history.pending > 0
+            && let Some(found) = self.join_pending(&new, &params_hash).await?
         {
             return Ok(found);
         }
@@ -988,8 +979,8 @@ impl ApprovalService {
         // guardians again. (Two variations racing may both be stored: merging is best effort,
         // joining identical requests is enforced by a unique index.)
         let mut similar = match limit {
-            Some(_) => self.similar_pending(&record, &pending).await?,
-            None => None,
+            Some(_) if input.history.pending > 0 => self.similar_pending(&record).await?,
+            _ => None,
         };
         let mut attempt = record;
         let mut stored = None;
@@ -1045,16 +1036,16 @@ impl ApprovalService {
         Ok(Requested { record, relation })
     }
 
-    /// The request of the actor's `pending` ones that `record` is a tiny variation of, if any,
-    /// as it is now.
+    /// The actor's pending request that `record` is a tiny variation of, if any.
     async fn similar_pending(
         &self,
         record: &ApprovalRecord,
-        pending: &[rows::PendingParams],
     ) -> Result<Option<ApprovalRecord>, ApprovalError> {
-        let Some(similar) = pending.iter().find(|p| {
-            p.action == record.action
-                && p.expires_at_ms.is_some_and(|at| at > record.created_at_ms)
+        let pending =
+            rows::pending_of_action(&self.db, &record.vendor, &record.actor, &record.action)
+                .await?;
+        let Some(similar) = pending.into_iter().find(|p| {
+            p.expires_at_ms.is_some_and(|at| at > record.created_at_ms)
                 && action::is_tiny_variation(&p.params, &record.params)
         }) else {
             return Ok(None);
@@ -1200,17 +1191,6 @@ impl ApprovalService {
         else {
             return Ok(None);
         };
-        self.join(new, found, params_hash).await
-    }
-
-    /// Joins `new` to `found`, the actor's pending request with the same params, unless it has
-    /// another action or is no longer pending.
-    async fn join(
-        &self,
-        new: &NewRequest,
-        found: ApprovalRecord,
-        params_hash: &str,
-    ) -> Result<Option<Requested>, ApprovalError> {
         if found.action != new.action {
             return Ok(None);
         }

@@ -658,64 +658,57 @@ pub async fn merged_by_idempotency_key(
     .transpose()
 }
 
-/// A pending request as far as joining and merging new requests need it (see
-/// [`pending_of_actor`]).
+/// A pending request as far as comparing params needs it (see [`pending_of_action`]).
 #[derive(Debug, Clone)]
 pub struct PendingParams {
     pub id: String,
-    pub action: String,
-    pub params_hash: String,
     pub params: serde_json::Value,
     pub expires_at_ms: Option<u64>,
 }
 
-/// The actor's pending requests, oldest first (at most 100), with only what joining and merging
-/// a new request compare: an actor with many pending requests is read for each new one, so
-/// this is one small row, not a record per request.
+/// The actor's pending requests of this action kind, oldest first (at most 100: an actor over
+/// its rate limit cannot have more), with only their ids, params and expiry: an actor with many
+/// pending requests is read for each of its new ones, so the rows stay small.
 ///
 /// # Errors
 /// A database failure or a corrupt row.
-pub async fn pending_of_actor(
+pub async fn pending_of_action(
     db: &Db,
     vendor: &str,
     actor: &str,
+    action: &str,
 ) -> Result<Vec<PendingParams>, StoreError> {
     // One row for all of them: sqlx's SQLite driver hands each row over from its thread.
-    let rows = "SELECT id, action, params_hash, params, expires_at_ms, created_at_ms FROM approvals
-         WHERE vendor = $1 AND actor = $2 AND status = 'pending'
+    let rows = "SELECT id, params, expires_at_ms, created_at_ms FROM approvals
+         WHERE vendor = $1 AND actor = $2 AND action = $3 AND status = 'pending'
          ORDER BY created_at_ms, id LIMIT 100";
     let sql = match db.backend() {
         Backend::Sqlite => format!(
-            "SELECT json_group_array(json_array(id, action, params_hash, json(params), expires_at_ms))
-                 AS pending
+            "SELECT json_group_array(json_array(id, json(params), expires_at_ms)) AS pending
              FROM ({rows}) AS p"
         ),
         Backend::Postgres => format!(
-            "SELECT CAST(COALESCE(json_agg(json_build_array(id, action, params_hash,
-                 CAST(params AS JSON), expires_at_ms) ORDER BY created_at_ms, id), '[]') AS TEXT)
-                 AS pending
+            "SELECT CAST(COALESCE(json_agg(json_build_array(id, CAST(params AS JSON), expires_at_ms)
+                 ORDER BY created_at_ms, id), '[]') AS TEXT) AS pending
              FROM ({rows}) AS p"
         ),
     };
     let row = sqlx::query(&sql)
         .bind(vendor)
         .bind(actor)
+        .bind(action)
         .fetch_one(db.pool())
         .await?;
-    type Listed = (String, String, String, serde_json::Value, Option<u64>);
-    let listed: Vec<Listed> = serde_json::from_str(&row.try_get::<String, _>("pending")?)
-        .map_err(corrupt("pending requests"))?;
+    let listed: Vec<(String, serde_json::Value, Option<u64>)> =
+        serde_json::from_str(&row.try_get::<String, _>("pending")?)
+            .map_err(corrupt("pending params"))?;
     Ok(listed
         .into_iter()
-        .map(
-            |(id, action, params_hash, params, expires_at_ms)| PendingParams {
-                id,
-                action,
-                params_hash,
-                params,
-                expires_at_ms,
-            },
-        )
+        .map(|(id, params, expires_at_ms)| PendingParams {
+            id,
+            params,
+            expires_at_ms,
+        })
         .collect())
 }
 
