@@ -80,6 +80,19 @@ async fn host(db: &TestDb) -> Host {
     host
 }
 
+/// [`host`] with a vendor template allowing `per_hour` requests for a guardian per actor.
+async fn host_allowing(db: &TestDb, per_hour: u32) -> Host {
+    let host = host(db).await;
+    set_template(
+        &host,
+        &format!(
+            r#"{{"plugin_limits":{{"deadline_ms":10000}},"max_approval_requests_per_hour":{per_hour}}}"#
+        ),
+    )
+    .await;
+    host
+}
+
 async fn set_template(host: &Host, json: &str) -> u32 {
     host.service
         .set_template(VENDOR, &TemplateDoc::parse(json).unwrap(), "vendor-admin")
@@ -605,12 +618,7 @@ async fn revise(db: TestDb) {
 
 on_both_backends!(rate_limit_and_retry_after, rate_limit);
 async fn rate_limit(db: TestDb) {
-    let host = host(&db).await;
-    set_template(
-        &host,
-        r#"{"plugin_limits":{"deadline_ms":10000},"max_approval_requests_per_hour":3}"#,
-    )
-    .await;
+    let host = host_allowing(&db, 3).await;
     for i in 0..3u64 {
         assert_eq!(
             ask(&host, pay(60_000 + i)).await.record.status,
@@ -650,12 +658,7 @@ async fn rate_limit(db: TestDb) {
 
 on_both_backends!(rate_limit_holds_under_concurrency, rate_limit_concurrent);
 async fn rate_limit_concurrent(db: TestDb) {
-    let host = host(&db).await;
-    set_template(
-        &host,
-        r#"{"plugin_limits":{"deadline_ms":10000},"max_approval_requests_per_hour":5}"#,
-    )
-    .await;
+    let host = host_allowing(&db, 5).await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..20u64 {
         let service = Arc::clone(&host.service);
@@ -678,12 +681,7 @@ on_both_backends!(
     rate_limit_mixed
 );
 async fn rate_limit_mixed(db: TestDb) {
-    let host = host(&db).await;
-    set_template(
-        &host,
-        r#"{"plugin_limits":{"deadline_ms":10000},"max_approval_requests_per_hour":12}"#,
-    )
-    .await;
+    let host = host_allowing(&db, 12).await;
     let robot = "robot-7";
     host.service
         .register_actor(VENDOR, robot, &["toy".into()], &[MOM.into()])

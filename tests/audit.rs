@@ -462,18 +462,24 @@ async fn failed_write(db: TestDb) {
             .await
         }
     };
+    let vendors = || async {
+        sqlx::query("SELECT id FROM vendors ORDER BY id")
+            .fetch_all(&mut AnyConnection::connect(&db.url).await.unwrap())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>("id"))
+            .collect::<Vec<_>>()
+    };
     let (a, b, c) = tokio::join!(write("v-a", false), write("v-b", true), write("v-c", false));
     assert_eq!(a.unwrap().value, "v-a");
     assert!(matches!(b, Err(StoreError::Corrupt(_))));
     assert_eq!(c.unwrap().value, "v-c");
-    let vendors: Vec<String> = sqlx::query("SELECT id FROM vendors ORDER BY id")
-        .fetch_all(&mut AnyConnection::connect(&db.url).await.unwrap())
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<String, _>("id"))
-        .collect();
-    assert_eq!(vendors, ["v-a", "v-c"], "the failed write left no row");
+    assert_eq!(
+        vendors().await,
+        ["v-a", "v-c"],
+        "the failed write left no row"
+    );
     assert_eq!(log.size().await.unwrap(), 2, "and no entry");
     // Alone in its batch (no savepoint around it), a failed write leaves nothing either, and
     // the next batch goes on.
@@ -482,15 +488,8 @@ async fn failed_write(db: TestDb) {
         Err(StoreError::Corrupt(_))
     ));
     assert_eq!(write("v-e", false).await.unwrap().value, "v-e");
-    let vendors: Vec<String> = sqlx::query("SELECT id FROM vendors ORDER BY id")
-        .fetch_all(&mut AnyConnection::connect(&db.url).await.unwrap())
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<String, _>("id"))
-        .collect();
     assert_eq!(
-        vendors,
+        vendors().await,
         ["v-a", "v-c", "v-e"],
         "the lone failed write left no row"
     );

@@ -335,27 +335,42 @@ struct AnsweredItem {
     volume: Option<rows::Flag>,
 }
 
+/// The items of a bulk group, each of the type its kind was queued with.
+fn unbox<T: 'static>(items: Vec<BulkItem>) -> Result<Vec<T>, StoreError> {
+    items
+        .into_iter()
+        .map(|item| {
+            item.downcast::<T>().map(|item| *item).map_err(|_| {
+                StoreError::Corrupt(format!("a bulk item not a {}", std::any::type_name::<T>()))
+            })
+        })
+        .collect()
+}
+
+/// Stores `records` and the plugin calls of those stored in multi-row inserts (see
+/// [`rows::insert_answered`]); returns whether each was stored.
+async fn insert_with_calls(
+    conn: &mut sqlx::AnyConnection,
+    records: &[&ApprovalRecord],
+) -> Result<Vec<bool>, StoreError> {
+    let stored = rows::insert_answered(conn, records).await?;
+    let kept: Vec<&ApprovalRecord> = records
+        .iter()
+        .zip(&stored)
+        .filter_map(|(record, stored)| stored.then_some(*record))
+        .collect();
+    plugin_stats::insert_calls(conn, &kept).await?;
+    Ok(stored)
+}
+
 /// Writes the answered requests of a batch: their records and plugin calls in multi-row
 /// inserts, a volume flag where due, and their entries. A record a unique index refuses comes
 /// back as [`NewRecord::Conflict`] with nothing written.
 fn write_answered(conn: &mut sqlx::AnyConnection, items: Vec<BulkItem>) -> BulkOutcomes<'_> {
     Box::pin(async move {
-        let items = items
-            .into_iter()
-            .map(|item| {
-                item.downcast::<AnsweredItem>()
-                    .map(|item| *item)
-                    .map_err(|_| StoreError::Corrupt("an answered request of another type".into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let items: Vec<AnsweredItem> = unbox(items)?;
         let records: Vec<&ApprovalRecord> = items.iter().map(|i| &i.record).collect();
-        let stored = rows::insert_answered(conn, &records).await?;
-        let kept: Vec<&ApprovalRecord> = records
-            .iter()
-            .zip(&stored)
-            .filter_map(|(record, stored)| stored.then_some(*record))
-            .collect();
-        plugin_stats::insert_calls(conn, &kept).await?;
+        let stored = insert_with_calls(conn, &records).await?;
         let mut outcomes = Vec::with_capacity(items.len());
         for (AnsweredItem { record, volume }, stored) in items.into_iter().zip(stored) {
             if !stored {
@@ -392,14 +407,7 @@ struct PendingItem {
 /// actor at or near its limit are written one by one, exactly as [`write_new`] does alone.
 fn write_pending(conn: &mut sqlx::AnyConnection, items: Vec<BulkItem>) -> BulkOutcomes<'_> {
     Box::pin(async move {
-        let items = items
-            .into_iter()
-            .map(|item| {
-                item.downcast::<PendingItem>()
-                    .map(|item| *item)
-                    .map_err(|_| StoreError::Corrupt("a pending request of another type".into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let items: Vec<PendingItem> = unbox(items)?;
         let since = items
             .iter()
             .map(|i| i.record.created_at_ms)
@@ -432,14 +440,13 @@ fn write_pending(conn: &mut sqlx::AnyConnection, items: Vec<BulkItem>) -> BulkOu
             .zip(&fitting)
             .filter_map(|(i, fit)| fit.then_some(&i.record))
             .collect();
-        let stored = rows::insert_answered(conn, &together).await?;
-        let kept: Vec<&ApprovalRecord> = together
+        let stored = insert_with_calls(conn, &together).await?;
+        let kept: std::collections::HashSet<String> = together
             .iter()
             .zip(&stored)
-            .filter_map(|(record, stored)| stored.then_some(*record))
+            .filter(|(_, stored)| **stored)
+            .map(|(record, _)| record.id.clone())
             .collect();
-        plugin_stats::insert_calls(conn, &kept).await?;
-        let kept: std::collections::HashSet<String> = kept.iter().map(|r| r.id.clone()).collect();
         let mut outcomes = Vec::with_capacity(items.len());
         for (
             PendingItem {
