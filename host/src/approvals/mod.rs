@@ -373,19 +373,11 @@ fn write_answered(conn: &mut sqlx::AnyConnection, items: Vec<BulkItem>) -> BulkO
         let stored = insert_with_calls(conn, &records).await?;
         let mut outcomes = Vec::with_capacity(items.len());
         for (AnsweredItem { record, volume }, stored) in items.into_iter().zip(stored) {
-            if !stored {
-                let refused: Box<dyn std::any::Any + Send> =
-                    Box::new(NewRecord::Conflict(Box::new(record)));
-                outcomes.push(Audited::nothing(refused));
-                continue;
-            }
-            let flag = raise_volume(conn, volume).await?;
-            let recorded = events::request(&record, None);
-            outcomes.push(Audited {
-                value: Box::new(NewRecord::Stored(Box::new(record), flag)),
-                entries: recorded.entries,
-                payloads: recorded.payloads,
-            });
+            outcomes.push(
+                after_insert(conn, record, stored, None, volume)
+                    .await?
+                    .boxed(),
+            );
         }
         Ok(outcomes)
     })
@@ -401,83 +393,76 @@ struct PendingItem {
 
 /// Writes the new requests for a guardian of a SQLite batch together. The batch holds SQLite's
 /// write lock (`BEGIN IMMEDIATE`), which serializes counting as the per-actor lock rows do on
-/// PostgreSQL, so every actor of the batch is counted in one statement, over the earliest
-/// window of the batch (a bound from above for each request). An actor all of whose requests
-/// fit under the limit by that count has them stored in multi-row inserts; the requests of an
-/// actor at or near its limit are written one by one, exactly as [`write_new`] does alone.
+/// PostgreSQL. An actor all of whose requests fit under the limit (see [`fit_under_limits`])
+/// has them stored in multi-row inserts; the requests of an actor at or near its limit are
+/// written one by one, exactly as [`write_new`] does alone.
 fn write_pending(conn: &mut sqlx::AnyConnection, items: Vec<BulkItem>) -> BulkOutcomes<'_> {
     Box::pin(async move {
         let items: Vec<PendingItem> = unbox(items)?;
-        let since = items
-            .iter()
-            .map(|i| i.record.created_at_ms)
-            .min()
-            .unwrap_or(0)
-            .saturating_sub(rows::RATE_WINDOW_MS);
-        let mut in_batch: std::collections::HashMap<(&str, &str), (u64, u32)> =
-            std::collections::HashMap::new();
-        for item in &items {
-            let counted = in_batch
-                .entry((&item.record.vendor, &item.record.actor))
-                .or_insert((0, u32::MAX));
-            counted.0 += 1;
-            counted.1 = counted.1.min(item.limit);
-        }
-        let actors: Vec<(&str, &str)> = in_batch.keys().copied().collect();
-        let before = rows::escalated_since(conn, &actors, since).await?;
-        let fits = |record: &ApprovalRecord| {
-            let key = (record.vendor.as_str(), record.actor.as_str());
-            let (asking, limit) = in_batch[&key];
-            let counted = before
-                .get(&(key.0.to_owned(), key.1.to_owned()))
-                .copied()
-                .unwrap_or(0);
-            counted + asking <= u64::from(limit)
-        };
-        let fitting: Vec<bool> = items.iter().map(|i| fits(&i.record)).collect();
+        let fitting = fit_under_limits(conn, &items).await?;
         let together: Vec<&ApprovalRecord> = items
             .iter()
             .zip(&fitting)
             .filter_map(|(i, fit)| fit.then_some(&i.record))
             .collect();
-        let stored = insert_with_calls(conn, &together).await?;
-        let kept: std::collections::HashSet<String> = together
-            .iter()
-            .zip(&stored)
-            .filter(|(_, stored)| **stored)
-            .map(|(record, _)| record.id.clone())
-            .collect();
+        // In the order of `together`: one answer per fitting item.
+        let mut stored = insert_with_calls(conn, &together).await?.into_iter();
         let mut outcomes = Vec::with_capacity(items.len());
-        for (
-            PendingItem {
+        for (item, fit) in items.into_iter().zip(fitting) {
+            let PendingItem {
                 record,
                 limit,
                 volume,
-            },
-            fit,
-        ) in items.into_iter().zip(fitting)
-        {
-            let out = if !fit {
-                write_new(conn, record, Some(limit), volume).await?
-            } else if kept.contains(&record.id) {
-                let flag = raise_volume(conn, volume).await?;
-                let recorded = events::request(&record, Some(limit));
-                Audited {
-                    value: NewRecord::Stored(Box::new(record), flag),
-                    entries: recorded.entries,
-                    payloads: recorded.payloads,
-                }
+            } = item;
+            let out = if fit {
+                let was_stored = stored.next().unwrap_or(false);
+                after_insert(conn, record, was_stored, Some(limit), volume).await?
             } else {
-                Audited::nothing(NewRecord::Conflict(Box::new(record)))
+                write_new(conn, record, Some(limit), volume).await?
             };
-            outcomes.push(Audited {
-                value: Box::new(out.value) as Box<dyn std::any::Any + Send>,
-                entries: out.entries,
-                payloads: out.payloads,
-            });
+            outcomes.push(out.boxed());
         }
         Ok(outcomes)
     })
+}
+
+/// Whether each of a batch's requests fits under its limit together with its actor's other
+/// requests of the batch, by one statement counting every actor of the batch over the batch's
+/// earliest window (a bound from above for each request's own window).
+async fn fit_under_limits(
+    conn: &mut sqlx::AnyConnection,
+    items: &[PendingItem],
+) -> Result<Vec<bool>, StoreError> {
+    let since = items
+        .iter()
+        .map(|i| i.record.created_at_ms)
+        .min()
+        .unwrap_or(0)
+        .saturating_sub(rows::RATE_WINDOW_MS);
+    // Per actor: its requests in the batch, and the lowest limit among them.
+    let mut asking: std::collections::HashMap<(&str, &str), (u64, u32)> =
+        std::collections::HashMap::new();
+    for item in items {
+        let actor = asking
+            .entry((&item.record.vendor, &item.record.actor))
+            .or_insert((0, u32::MAX));
+        actor.0 += 1;
+        actor.1 = actor.1.min(item.limit);
+    }
+    let actors: Vec<(&str, &str)> = asking.keys().copied().collect();
+    let counted = rows::escalated_since(conn, &actors, since).await?;
+    Ok(items
+        .iter()
+        .map(|item| {
+            let (vendor, actor) = (item.record.vendor.as_str(), item.record.actor.as_str());
+            let (requests, limit) = asking[&(vendor, actor)];
+            let before = counted
+                .get(&(vendor.to_owned(), actor.to_owned()))
+                .copied()
+                .unwrap_or(0);
+            before + requests <= u64::from(limit)
+        })
+        .collect())
 }
 
 /// Stores a new request's record in the caller's transaction: counted against `limit` first
@@ -550,6 +535,21 @@ async fn stored(
     volume: Option<rows::Flag>,
 ) -> Result<Audited<NewRecord>, StoreError> {
     plugin_stats::insert_calls(conn, &[&record]).await?;
+    after_insert(conn, record, true, limit, volume).await
+}
+
+/// A new record's outcome once it and its plugin calls were inserted (`stored`) or a unique
+/// index refused it: the volume flag and its entries, or the record handed back.
+async fn after_insert(
+    conn: &mut sqlx::AnyConnection,
+    record: ApprovalRecord,
+    stored: bool,
+    limit: Option<u32>,
+    volume: Option<rows::Flag>,
+) -> Result<Audited<NewRecord>, StoreError> {
+    if !stored {
+        return Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))));
+    }
     let flag = raise_volume(conn, volume).await?;
     let recorded = events::request(&record, limit);
     Ok(Audited {

@@ -166,9 +166,7 @@ impl HashCache {
         missing.dedup();
         missing
     }
-}
 
-impl HashCache {
     /// The hashes at `indexes`, in order.
     ///
     /// # Errors

@@ -67,6 +67,17 @@ impl<T> Audited<T> {
     }
 }
 
+impl<T: Send + 'static> Audited<T> {
+    /// The same with its value boxed, as the writer tasks and bulk writes carry it.
+    pub fn boxed(self) -> Audited<Box<dyn Any + Send>> {
+        Audited {
+            value: Box::new(self.value),
+            entries: self.entries,
+            payloads: self.payloads,
+        }
+    }
+}
+
 /// A committed write: its result and the indexes of its entries.
 #[derive(Debug)]
 pub struct Committed<T> {
@@ -347,16 +358,8 @@ impl AuditLog {
             + Send
             + 'static,
     {
-        let work: WriteFn = Box::new(move |conn| {
-            Box::pin(async move {
-                let done = work(conn).await?;
-                Ok(Audited {
-                    value: Box::new(done.value) as Box<dyn Any + Send>,
-                    entries: done.entries,
-                    payloads: done.payloads,
-                })
-            })
-        });
+        let work: WriteFn =
+            Box::new(move |conn| Box::pin(async move { Ok(work(conn).await?.boxed()) }));
         let (value, entries) = self.submit(scope, Work::Write(work)).await?;
         let value = value
             .downcast::<T>()
@@ -798,7 +801,7 @@ async fn run_batch(db: &Db, edge: &KnownEdge, mut batch: Vec<Job>) {
     // A batch of one write (one job's, or one bulk group's) and nothing else needs no savepoint
     // around it: if it fails, nothing of the batch commits. Two round trips fewer per batch,
     // which is every batch at low load.
-    let alone = writes_in(&batch) == 1;
+    let alone = one_write_alone(&batch);
     let mut produced = Produced::default();
     let mut bulk: Vec<BulkGroup> = Vec::new();
     let mut jobs = batch.into_iter();
@@ -947,20 +950,20 @@ enum Ran<T> {
     Broken(StoreError),
 }
 
-/// How many writes of `batch` would each need a savepoint (a job's own SQL, or a bulk kind's
-/// group); `usize::MAX` when it also holds entries alone, which must commit whatever the writes do.
-fn writes_in(batch: &[Job]) -> usize {
-    let mut kinds = Vec::new();
-    let mut writes = 0;
-    for job in batch {
-        match &job.work {
-            Work::Write(_) => writes += 1,
-            Work::Bulk { kind, .. } if !kinds.contains(kind) => kinds.push(*kind),
-            Work::Bulk { .. } => {}
-            Work::Entries(_) => return usize::MAX,
+/// Whether `batch` is one write and nothing else: one job's own SQL, or the items of one bulk
+/// kind. Entries alone must commit whatever a write does, so a batch holding them is not.
+fn one_write_alone(batch: &[Job]) -> bool {
+    match batch {
+        [] => false,
+        [only] => !matches!(only.work, Work::Entries(_)),
+        [first, rest @ ..] => {
+            let Work::Bulk { kind, .. } = &first.work else {
+                return false;
+            };
+            rest.iter()
+                .all(|job| matches!(&job.work, Work::Bulk { kind: k, .. } if k == kind))
         }
     }
-    writes + kinds.len()
 }
 
 /// Runs `write` in a savepoint of the batch's transaction: kept if it succeeds, rolled back if

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection as _, Row as _};
 

@@ -14,10 +14,6 @@ const ENTRY_ROWS_PER_INSERT: usize = 100;
 const HASH_ROWS_PER_INSERT: usize = 250;
 const PAYLOAD_ROWS_PER_INSERT: usize = 100;
 
-fn corrupt(e: merkle::ProofError) -> StoreError {
-    StoreError::Corrupt(format!("audit tree: {e}"))
-}
-
 fn hash_of(bytes: &[u8]) -> Result<Hash, StoreError> {
     merkle::hash_from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("audit hash: {e}")))
 }
@@ -88,16 +84,16 @@ pub async fn tree(
 /// The stored hashes on the right edge of the tree of `size` entries: all that appending to it
 /// reads. Hashes of a committed size never change, so an edge kept from one commit serves the
 /// next append that starts at that size, on any writer.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RightEdge {
     pub size: u64,
     pub hashes: Vec<(u64, Hash)>,
 }
 
 /// Appends `entries` (in order) and their stored hashes inside the caller's transaction, and
-/// returns the index of the first and the new right edge (none when there were no entries). Updating `audit_head` first makes
-/// concurrent appenders, on any replica, wait for this transaction to end: the database orders
-/// the log. `known` is a committed edge: when the log is at its size (nobody else appended
+/// returns the index of the first and the new right edge (none when there were no entries).
+/// Updating `audit_head` first makes concurrent appenders, on any replica, wait for this
+/// transaction to end: the database orders the log. `known` is a committed edge: when the log is at its size (nobody else appended
 /// since), the edge is not read again.
 ///
 /// # Errors
@@ -135,7 +131,11 @@ pub async fn append(
         hashes: edge
             .iter()
             .copied()
-            .zip(cache.get(&edge).map_err(corrupt)?)
+            .zip(
+                cache
+                    .get(&edge)
+                    .map_err(|e| StoreError::Corrupt(format!("audit tree at size {end}: {e}")))?,
+            )
             .collect(),
     };
 
