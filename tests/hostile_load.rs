@@ -36,7 +36,7 @@ use approval_host::audit::Receipt;
 use approval_host::audit::checkpoint::CheckpointVerifier;
 use approval_host::audit::entry::{Event, PluginOutcome};
 use common::ADMIN;
-use common::process::ProcessHost;
+use common::process::{Api, ProcessHost};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -120,6 +120,7 @@ async fn hostile_plugins_and_uploads_under_honest_load() {
     let mut host =
         ProcessHost::start_with("hostile", data.path(), &database, "plugin_pause_after = 0").await;
     let pid = host.pid().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let api = Api::new(&host.url);
     let world = setup(&api).await;
     let stats = Arc::new(Mutex::new(Stats::default()));
@@ -236,55 +237,8 @@ fn dir_size(dir: &Path) -> (u64, u64) {
 
 // ---- the API -------------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct Api {
-    url: String,
-    client: reqwest::Client,
-}
-
-/// The answer to a call: status and JSON body, or the transport error's text.
-type Answer = Result<(u16, Value), String>;
-
-impl Api {
-    fn new(url: &str) -> Api {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Api {
-            url: url.to_owned(),
-            // A bound for a hung host, not a timing claim.
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    fn call(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(token)
-    }
-
-    async fn send(request: reqwest::RequestBuilder) -> Answer {
-        let response = request.send().await.map_err(|e| format!("{e:?}"))?;
-        let status = response.status().as_u16();
-        let text = response.text().await.map_err(|e| format!("{e:?}"))?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-
-    async fn try_json(&self, method: Method, path: &str, token: &str, body: &Value) -> Answer {
-        Self::send(self.call(method, path, token).json(body)).await
-    }
-
-    async fn json(&self, method: Method, path: &str, token: &str, body: Value) -> (u16, Value) {
-        self.try_json(method, path, token, &body).await.unwrap()
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        Self::send(self.call(Method::GET, path, token))
-            .await
-            .unwrap()
-    }
-}
+/// The answer to a call: status and JSON body, or the transport error.
+type Answer = Result<(u16, Value), reqwest::Error>;
 
 // ---- the world -----------------------------------------------------------------------------
 
@@ -298,69 +252,25 @@ struct World {
 }
 
 async fn setup(api: &Api) -> World {
-    let vendor = |id: &'static str| async move {
-        let (status, body) = api
-            .json(
-                Method::POST,
-                "/v1/vendors",
-                ADMIN,
-                json!({"id": id, "name": id}),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["api_key"].as_str().unwrap().to_owned()
-    };
-    let policy = |key: String, template: Value| async move {
-        let (status, body) = api
-            .json(Method::PUT, "/v1/vendor/policy", &key, template)
-            .await;
-        assert_eq!(status, 200, "{body}");
-    };
     let actors = |key: String, prefix: &'static str, count: usize| async move {
+        let guardians = [format!("guardian-{prefix}")];
         let mut tokens = Vec::new();
         for n in 0..count {
-            let (status, body) = api
-                .json(
-                    Method::POST,
-                    "/v1/vendor/actors",
-                    &key,
-                    json!({"id": format!("{prefix}-{n}"), "context_tags": ["toy"],
-                           "guardians": [format!("guardian-{prefix}")], "issue_token": true}),
-                )
-                .await;
-            assert_eq!(status, 201, "{body}");
-            tokens.push(body["token"].as_str().unwrap().to_owned());
+            tokens.push(
+                api.add_actor(&key, &format!("{prefix}-{n}"), &guardians)
+                    .await,
+            );
         }
         tokens
-    };
-    let install = |key: String, file: &'static str| async move {
-        let (status, body) = Api::send(
-            api.call(Method::POST, "/v1/vendor/plugins", &key)
-                .header("content-type", "application/wasm")
-                .body(common::plugin(file)),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 201, "{file}: {body}");
-        let reference = body["reference"].as_str().unwrap().to_owned();
-        let (status, body) = api
-            .json(
-                Method::POST,
-                &format!("/v1/vendor/plugins/{reference}/activate"),
-                &key,
-                json!({}),
-            )
-            .await;
-        assert_eq!((status, body["state"].as_str()), (200, Some("active")));
     };
 
     // A: velocity, which denies gambling and escalates any EUR payment over 1.00 (no EUR
     // payment is ever allowed, so the hour's EUR spend stays 0); its payment count never
     // fires. The deadline is the platform's longest, so a loaded machine cannot fail a call.
-    let a_key = vendor(VENDOR_A).await;
-    policy(
-        a_key.clone(),
-        json!({
+    let a_key = api.create_vendor(VENDOR_A).await;
+    api.put_policy(
+        &a_key,
+        &json!({
             "spend_thresholds": {"CNY": 50_000, "EUR": 100_000_000},
             "max_approval_requests_per_hour": 1_000_000,
             "plugin_limits": {"deadline_ms": 250},
@@ -372,27 +282,28 @@ async fn setup(api: &Api) -> World {
         }),
     )
     .await;
-    install(a_key.clone(), "velocity").await;
+    api.activate_plugin(&a_key, common::plugin("velocity"))
+        .await;
     let a = actors(a_key, "a", 3).await;
 
     // C: no plugin; the built-in triggers only.
-    let c_key = vendor(VENDOR_C).await;
-    policy(
-        c_key.clone(),
-        json!({"max_approval_requests_per_hour": 1_000_000}),
+    let c_key = api.create_vendor(VENDOR_C).await;
+    api.put_policy(
+        &c_key,
+        &json!({"max_approval_requests_per_hour": 1_000_000}),
     )
     .await;
     let c = actors(c_key, "c", 2).await;
 
     // B: every hostile plugin active, default limits, and fail mode deny.
-    let b_key = vendor(VENDOR_B).await;
-    policy(
-        b_key.clone(),
-        json!({"plugin_fail_mode": "deny", "max_approval_requests_per_hour": 1_000_000}),
+    let b_key = api.create_vendor(VENDOR_B).await;
+    api.put_policy(
+        &b_key,
+        &json!({"plugin_fail_mode": "deny", "max_approval_requests_per_hour": 1_000_000}),
     )
     .await;
     for (file, _, _) in HOSTILE {
-        install(b_key.clone(), file).await;
+        api.activate_plugin(&b_key, common::plugin(file)).await;
     }
     let b = actors(b_key.clone(), "b", 2).await;
     World { a, c, b, b_key }
@@ -594,7 +505,7 @@ async fn honest(
     while Instant::now() < until {
         let (case, body, expect) = honest_case(who, n);
         let answer = api
-            .try_json(Method::POST, "/v1/approvals", token, &body)
+            .send(Method::POST, "/v1/approvals", token, Some(&body))
             .await;
         let verdict = check_honest(who, &answer, &expect);
         let mut s = stats.lock().unwrap();
@@ -660,7 +571,7 @@ async fn hostile(api: &Api, token: &str, until: Instant, stats: &Mutex<Stats>) {
             json!({"action": "payment", "params": {"amount": 1_000 + n, "currency": "CNY", "recipient": "toy-shop"}})
         };
         let answer = api
-            .try_json(Method::POST, "/v1/approvals", token, &body)
+            .send(Method::POST, "/v1/approvals", token, Some(&body))
             .await;
         let checked = check_hostile(&answer);
         let mut s = stats.lock().unwrap();
@@ -959,7 +870,7 @@ async fn upload_malformed(api: &Api, key: &str, seed: u64, until: Instant, stats
         let kind = Kind::nth(i);
         i += 1;
         let (body, generator) = uploader.make(kind);
-        let request = api.call(Method::POST, "/v1/vendor/plugins", key);
+        let request = api.request(Method::POST, "/v1/vendor/plugins", key);
         let request = match (kind, body) {
             (Kind::Oversized, _) => request
                 .header("content-type", "application/wasm")
@@ -978,7 +889,7 @@ async fn upload_malformed(api: &Api, key: &str, seed: u64, until: Instant, stats
                     .part("component", reqwest::multipart::Part::bytes(bytes)),
             ),
         };
-        let answer = Api::send(request).await;
+        let answer = Api::answer(request).await;
         let expected = expected_upload(kind);
         let mut s = stats.lock().unwrap();
         match generator {
@@ -1045,8 +956,8 @@ async fn upload_new_versions(api: &Api, key: &str, pid: u32) -> (u64, i64) {
         if n == NEW_VERSIONS_WARMUP {
             before = status_kib(pid, "VmRSS").unwrap();
         }
-        let (status, body) = Api::send(
-            api.call(Method::POST, "/v1/vendor/plugins", key)
+        let (status, body) = Api::answer(
+            api.request(Method::POST, "/v1/vendor/plugins", key)
                 .header("content-type", "application/wasm")
                 .body(common::variant(&bytes, &format!("new-version-{n}"))),
         )
@@ -1068,7 +979,7 @@ async fn upload_new_versions(api: &Api, key: &str, pid: u32) -> (u64, i64) {
 async fn monitor(api: &Api, pid: u32, started: Instant, until: Instant, stats: &Mutex<Stats>) {
     while Instant::now() < until {
         for path in ["/healthz", "/readyz"] {
-            let answer = Api::send(api.client.get(format!("{}{path}", api.url))).await;
+            let answer = Api::answer(api.request(Method::GET, path, "")).await;
             let mut s = stats.lock().unwrap();
             s.health_checks += 1;
             match answer {

@@ -318,6 +318,30 @@ impl Api {
         }
     }
 
+    /// A request for `method` `path` as `token` (none when empty), for a body of any kind; send
+    /// it with [`Api::answer`].
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.url));
+        if token.is_empty() {
+            request
+        } else {
+            request.bearer_auth(token)
+        }
+    }
+
+    /// Sends `request`: (status, JSON body, `null` when it is not JSON), or the transport error.
+    pub async fn answer(request: reqwest::RequestBuilder) -> Result<(u16, Value), reqwest::Error> {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
     /// `method` `path` as `token` (none when empty) with an optional JSON body: (status, JSON
     /// body, `null` when it is not JSON), or the transport error.
     pub async fn send(
@@ -327,17 +351,12 @@ impl Api {
         token: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), reqwest::Error> {
-        let mut request = self.client.request(method, format!("{}{path}", self.url));
-        if !token.is_empty() {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let text = response.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        let request = self.request(method, path, token);
+        Api::answer(match body {
+            Some(body) => request.json(body),
+            None => request,
+        })
+        .await
     }
 
     /// Like [`Api::send`] for a host that must answer: panics on a transport error.
