@@ -298,6 +298,14 @@ impl Frontier {
         Self::default()
     }
 
+    /// The tree of `size` leaves whose right edge is `nodes` (the roots of its maximal complete
+    /// subtrees, largest first, as [`right_edge`] lists their stored-hash indexes): where to go
+    /// on pushing leaves after `size`. `nodes` must hold one hash per set bit of `size`.
+    pub fn resume(size: u64, nodes: Vec<Hash>) -> Self {
+        debug_assert_eq!(nodes.len(), size.count_ones() as usize);
+        Self { size, nodes }
+    }
+
     /// The number of leaves pushed.
     pub fn size(&self) -> u64 {
         self.size
@@ -369,6 +377,20 @@ mod tests {
             assert_eq!(frontier.root(), expected, "frontier at {n}");
             let size = n as u64;
             assert_eq!(TreeOp::Root { size }.run(&cache).unwrap(), vec![expected]);
+        }
+    }
+
+    #[test]
+    fn a_frontier_resumed_from_the_stored_right_edge_rebuilds_every_later_root() {
+        let all = leaves(70);
+        let cache = stored(&all);
+        for from in 0..all.len() {
+            let nodes = cache.get(&right_edge(from as u64)).unwrap();
+            let mut frontier = Frontier::resume(from as u64, nodes);
+            for n in from + 1..=all.len() {
+                frontier.push(all[n - 1]);
+                assert_eq!(frontier.root(), mth(&all[..n]), "from {from} to {n}");
+            }
         }
     }
 
