@@ -125,10 +125,9 @@ pub async fn export(
                 break;
             }
             // A gap (deleted rows): go on after it, the verifier will name it.
-            at = rows::entries(db, at, limit)
+            at = rows::next_entry(db, at)
                 .await?
-                .first()
-                .map_or(limit, |e| e.index);
+                .map_or(limit, |i| i.min(limit));
             continue;
         };
         at = last.index + 1;

@@ -280,7 +280,8 @@ fn entry_of(row: &AnyRow) -> Result<StoredEntry, StoreError> {
     })
 }
 
-/// Entries `from..to` in index order (those that exist).
+/// Entries `from..to` in index order (those that exist); callers page (a few thousand at a
+/// time).
 ///
 /// # Errors
 /// A database failure.
@@ -293,6 +294,19 @@ pub async fn entries(db: &Db, from: u64, to: u64) -> Result<Vec<StoredEntry>, St
         .iter()
         .map(entry_of)
         .collect()
+}
+
+/// The index of the first stored entry at or after `from`, if any.
+///
+/// # Errors
+/// A database failure.
+pub async fn next_entry(db: &Db, from: u64) -> Result<Option<u64>, StoreError> {
+    let next: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(idx) FROM audit_entries WHERE idx >= $1")
+            .bind(i64_of(from))
+            .fetch_one(db.pool())
+            .await?;
+    Ok(next.map(u64_of))
 }
 
 /// The entries about one approval, in index order.
