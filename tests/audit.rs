@@ -20,6 +20,7 @@ use approval_host::audit::{AuditError, AuditLog, Audited, Scope};
 use approval_host::clock::ManualClock;
 use approval_host::plugin::registry::{PluginRegistry, PluginState};
 use approval_host::policy::document::TemplateDoc;
+use approval_host::store::audit::StoredCheckpoint;
 use approval_host::store::{Backend, StoreError};
 use approval_host::token::{TokenConfig, TokenIssuer};
 use common::{TestDb, plugin, runtime};
@@ -545,27 +546,37 @@ on_both_backends!(
     checkpoints_come_while_the_log_grows_and_at_shutdown,
     checkpoints
 );
-async fn checkpoints(db: TestDb) {
+/// A log whose checkpointer ticks every 2 ms.
+async fn ticking_log(db: &TestDb) -> Arc<AuditLog> {
     let config = approval_host::audit::AuditConfig {
         checkpoint_every: Duration::from_millis(2),
         ..approval_host::audit::AuditConfig::default()
     };
-    let log = AuditLog::open(db.db.clone(), config, Arc::new(ManualClock::at(T0)))
+    AuditLog::open(db.db.clone(), config, Arc::new(ManualClock::at(T0)))
         .await
-        .unwrap();
-    assert_eq!(log.checkpoint().await.unwrap(), None, "nothing to sign yet");
-    log.append((0..10).map(note).collect()).await.unwrap();
-    let ticker = log.spawn_checkpointer();
-    // The checkpointer signs within a few ticks (a bounded wait for it, not a timing claim).
-    let mut first = None;
+        .unwrap()
+}
+
+/// The newest checkpoint once the checkpointer has signed one of `size` entries (a bounded wait
+/// for it, not a timing claim).
+async fn signed_by_checkpointer(log: &AuditLog, size: u64) -> StoredCheckpoint {
+    let mut newest = None;
     for _ in 0..5_000 {
-        first = log.latest_checkpoint().await.unwrap();
-        if first.is_some() {
+        newest = log.latest_checkpoint().await.unwrap();
+        if newest.as_ref().is_some_and(|c| c.size >= size) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let first = first.expect("the checkpointer signed the log");
+    newest.expect("the checkpointer signed the log")
+}
+
+async fn checkpoints(db: TestDb) {
+    let log = ticking_log(&db).await;
+    assert_eq!(log.checkpoint().await.unwrap(), None, "nothing to sign yet");
+    log.append((0..10).map(note).collect()).await.unwrap();
+    let ticker = log.spawn_checkpointer();
+    let first = signed_by_checkpointer(&log, 10).await;
     assert_eq!(first.size, 10);
     // Without new entries, no new checkpoint: the same one comes back.
     assert_eq!(log.checkpoint().await.unwrap().unwrap().size, 10);
@@ -736,6 +747,40 @@ async fn edited_entry(db: TestDb) {
 }
 
 on_both_backends!(
+    checkpoints_check_every_new_entry_across_pages,
+    entries_across_pages
+);
+/// The check before signing reads the new entries a page (2,000) at a time and rebuilds the tree
+/// onto the stored right edge of the last checkpoint (here at 1,234, not a power of two); the
+/// periodic checkpointer does the same in the background, between decisions.
+async fn entries_across_pages(db: TestDb) {
+    let log = ticking_log(&db).await;
+    log.append((0..1_234).map(note).collect()).await.unwrap();
+    assert_eq!(log.checkpoint().await.unwrap().unwrap().size, 1_234);
+    log.append((1_234..5_678).map(note).collect())
+        .await
+        .unwrap();
+    let ticker = log.spawn_checkpointer();
+    assert_eq!(signed_by_checkpointer(&log, 5_678).await.size, 5_678);
+    ticker.abort();
+
+    // An entry altered on the third page of the next check: the host will not sign.
+    log.append((5_678..10_000).map(note).collect())
+        .await
+        .unwrap();
+    let mut conn = attacker(&db).await;
+    set_entry(&mut conn, 9_876, &approved(9_876)).await;
+    let refused = log.checkpoint().await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("entries 5678..10000 do not hash"),
+        "{refused}"
+    );
+    assert_eq!(log.latest_checkpoint().await.unwrap().unwrap().size, 5_678);
+}
+
+on_both_backends!(
     a_consistent_rewrite_is_caught_by_the_signed_checkpoints,
     rewrite
 );
@@ -770,6 +815,39 @@ async fn rewrite(db: TestDb) {
     log.append(vec![note(40)]).await.unwrap();
     let refused = log.checkpoint().await.unwrap_err();
     assert!(matches!(refused, AuditError::Inconsistent(_)), "{refused}");
+}
+
+on_both_backends!(deleted_rows_in_the_middle_are_named, deleted_middle);
+/// The export goes on after a gap longer than its page (it looks up the next stored entry,
+/// however far) and the verifier names where the indexes jump.
+async fn deleted_middle(db: TestDb) {
+    let log = common::audit_log(&db.db).await;
+    forty(&log).await;
+    log.append((40..7_000).map(note).collect()).await.unwrap();
+    log.checkpoint().await.unwrap();
+    let mut conn = attacker(&db).await;
+    sqlx::query("DELETE FROM audit_entries WHERE idx >= 12 AND idx < 5500")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let report = verify(&log, &[]).await;
+    assert!(
+        matches!(
+            report.failures.first(),
+            Some(Failure::OutOfOrder {
+                expected: 12,
+                found: 5_500,
+                ..
+            })
+        ),
+        "{report}"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("expected entry 12 but found entry 5500"),
+        "{report}"
+    );
 }
 
 on_both_backends!(a_deleted_tail_is_named, deleted_tail);
