@@ -80,6 +80,10 @@ impl Server {
             writeln!(config, "database_url = \"{url}\"").unwrap();
         }
         writeln!(config, "[limits]\n{limits}").unwrap();
+        // `APPROVAL_HOST_BENCH_CONFIG`: more TOML for every host (whole sections), for experiments.
+        if let Ok(extra) = std::env::var("APPROVAL_HOST_BENCH_CONFIG") {
+            writeln!(config, "{}", extra.replace("\\n", "\n")).unwrap();
+        }
         let path = data.join("host.toml");
         std::fs::write(&path, config).unwrap();
         // The host's log goes to `$APPROVAL_HOST_BENCH_LOG_DIR/host-<port>.log` when set.
