@@ -542,10 +542,6 @@ async fn shared_payload(db: TestDb) {
     assert_eq!(log.size().await.unwrap(), 21);
 }
 
-on_both_backends!(
-    checkpoints_come_while_the_log_grows_and_at_shutdown,
-    checkpoints
-);
 /// A log whose checkpointer ticks every 2 ms.
 async fn ticking_log(db: &TestDb) -> Arc<AuditLog> {
     let config = approval_host::audit::AuditConfig {
@@ -571,6 +567,10 @@ async fn signed_by_checkpointer(log: &AuditLog, size: u64) -> StoredCheckpoint {
     newest.expect("the checkpointer signed the log")
 }
 
+on_both_backends!(
+    checkpoints_come_while_the_log_grows_and_at_shutdown,
+    checkpoints
+);
 async fn checkpoints(db: TestDb) {
     let log = ticking_log(&db).await;
     assert_eq!(log.checkpoint().await.unwrap(), None, "nothing to sign yet");

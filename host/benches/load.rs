@@ -82,7 +82,7 @@ impl Server {
         writeln!(config, "[limits]\n{limits}").unwrap();
         // `APPROVAL_HOST_BENCH_CONFIG`: more TOML for every host (whole sections), for experiments.
         if let Ok(extra) = std::env::var("APPROVAL_HOST_BENCH_CONFIG") {
-            writeln!(config, "{}", extra.replace("\\n", "\n")).unwrap();
+            writeln!(config, "{extra}").unwrap();
         }
         let path = data.join("host.toml");
         std::fs::write(&path, config).unwrap();

@@ -290,12 +290,7 @@ impl TestHost {
         path: &str,
         token: &str,
     ) -> reqwest::RequestBuilder {
-        let request = self.client.request(method, format!("{}{path}", self.url));
-        if token.is_empty() {
-            request
-        } else {
-            request.bearer_auth(token)
-        }
+        request_as(&self.client, &self.url, method, path, token)
     }
 
     /// GET `path` as `token`: (status, JSON body).
@@ -408,6 +403,22 @@ impl Drop for TestHost {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+    }
+}
+
+/// A request for `method` `url``path` as `token` (no authorization when empty).
+pub fn request_as(
+    client: &reqwest::Client,
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+) -> reqwest::RequestBuilder {
+    let request = client.request(method, format!("{url}{path}"));
+    if token.is_empty() {
+        request
+    } else {
+        request.bearer_auth(token)
     }
 }
 

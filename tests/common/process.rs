@@ -326,12 +326,7 @@ impl Api {
         path: &str,
         token: &str,
     ) -> reqwest::RequestBuilder {
-        let request = self.client.request(method, format!("{}{path}", self.url));
-        if token.is_empty() {
-            request
-        } else {
-            request.bearer_auth(token)
-        }
+        super::request_as(&self.client, &self.url, method, path, token)
     }
 
     /// Sends `request`: (status, JSON body, `null` when it is not JSON), or the transport error.

@@ -325,6 +325,13 @@ enum NewRecord {
     Gone(Box<ApprovalRecord>),
 }
 
+impl NewRecord {
+    /// `record` handed back, nothing written: a unique index refused it.
+    fn conflict(record: ApprovalRecord) -> Audited<NewRecord> {
+        Audited::nothing(NewRecord::Conflict(Box::new(record)))
+    }
+}
+
 // The history's day covers every request that can still be pending (see `request`).
 const _: () = assert!(policy::TTL_RANGE.1.as_secs() * 1000 <= 24 * rows::RATE_WINDOW_MS);
 
@@ -418,7 +425,7 @@ fn write_pending(conn: &mut sqlx::AnyConnection, items: Vec<BulkItem>) -> BulkOu
                 let was_stored = stored.next().unwrap_or(false);
                 after_insert(conn, record, was_stored, Some(limit), volume).await?
             } else {
-                write_new(conn, record, Some(limit), volume).await?
+                write_new(conn, record, limit, volume).await?
             };
             outcomes.push(out.boxed());
         }
@@ -470,14 +477,13 @@ async fn fit_under_limits(
 async fn write_new(
     conn: &mut sqlx::AnyConnection,
     record: ApprovalRecord,
-    limit: Option<u32>,
+    limit: u32,
     volume: Option<rows::Flag>,
 ) -> Result<Audited<NewRecord>, StoreError> {
-    match rows::insert(conn, &record, limit).await? {
-        Inserted::Stored => stored(conn, record, limit, volume).await,
-        Inserted::Conflict => Ok(Audited::nothing(NewRecord::Conflict(Box::new(record)))),
+    match rows::insert(conn, &record, Some(limit)).await? {
+        Inserted::Stored => stored(conn, record, Some(limit), volume).await,
+        Inserted::Conflict => Ok(NewRecord::conflict(record)),
         Inserted::OverLimit { retry_after_ms } => {
-            let limit = limit.unwrap_or(0);
             store_refused(conn, record, retry_after_ms, limit, volume).await
         }
     }
@@ -522,7 +528,7 @@ async fn store_refused(
 ) -> Result<Audited<NewRecord>, StoreError> {
     let refused = rate_limited(record.clone(), retry_after_ms, limit);
     if rows::insert(conn, &refused, None).await? == Inserted::Conflict {
-        return Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))));
+        return Ok(NewRecord::conflict(record));
     }
     stored(conn, refused, Some(limit), volume).await
 }
@@ -548,7 +554,7 @@ async fn after_insert(
     volume: Option<rows::Flag>,
 ) -> Result<Audited<NewRecord>, StoreError> {
     if !stored {
-        return Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))));
+        return Ok(NewRecord::conflict(record));
     }
     let flag = raise_volume(conn, volume).await?;
     let recorded = events::request(&record, limit);
@@ -1080,9 +1086,7 @@ impl ApprovalService {
                         rows::Merged::Gone => {
                             Ok(Audited::nothing(NewRecord::Gone(Box::new(record))))
                         }
-                        rows::Merged::Conflict => {
-                            Ok(Audited::nothing(NewRecord::Conflict(Box::new(record))))
-                        }
+                        rows::Merged::Conflict => Ok(NewRecord::conflict(record)),
                         rows::Merged::OverLimit { retry_after_ms } => {
                             store_refused(conn, record, retry_after_ms, limit, volume).await
                         }
@@ -1129,7 +1133,7 @@ impl ApprovalService {
         let committed = self
             .audit
             .commit(scope, move |conn| {
-                Box::pin(async move { write_new(conn, record, Some(limit), volume).await })
+                Box::pin(async move { write_new(conn, record, limit, volume).await })
             })
             .await?;
         Ok(committed.value)

@@ -600,18 +600,12 @@ impl AuditLog {
     ) -> Result<(), AuditError> {
         const PAGE: u64 = 2_000;
         let from = last.map_or(0, |c| c.size);
-        let edge = merkle::right_edge(from);
         let mut conn = self.db.pool().acquire().await.map_err(StoreError::from)?;
-        let stored = rows::read_hashes(&mut conn, &edge).await?;
+        let edge = rows::right_edge(&mut conn, from).await?.ok_or_else(|| {
+            AuditError::Inconsistent(format!("the stored tree of {from} entries is missing"))
+        })?;
         drop(conn);
-        let nodes = edge
-            .iter()
-            .map(|i| stored.iter().find(|(j, _)| j == i).map(|&(_, h)| h))
-            .collect::<Option<Vec<Hash>>>()
-            .ok_or_else(|| {
-                AuditError::Inconsistent(format!("the stored tree of {from} entries is missing"))
-            })?;
-        let mut frontier = merkle::Frontier::resume(from, nodes);
+        let mut frontier = merkle::Frontier::resume(from, edge.nodes());
         let mut at = from;
         while at < size {
             let started = Instant::now();

@@ -90,11 +90,36 @@ pub struct RightEdge {
     pub hashes: Vec<(u64, Hash)>,
 }
 
+impl RightEdge {
+    /// The edge's hashes, largest subtree first (what [`merkle::Frontier::resume`] takes).
+    pub fn nodes(&self) -> Vec<Hash> {
+        self.hashes.iter().map(|&(_, hash)| hash).collect()
+    }
+}
+
+/// The stored right edge of the tree of `size` entries, or `None` when a hash of it is missing
+/// (a damaged log).
+///
+/// # Errors
+/// A database failure.
+pub async fn right_edge(
+    conn: &mut AnyConnection,
+    size: u64,
+) -> Result<Option<RightEdge>, StoreError> {
+    let indexes = merkle::right_edge(size);
+    let stored = read_hashes(conn, &indexes).await?;
+    Ok(indexes
+        .iter()
+        .map(|i| stored.iter().find(|(j, _)| j == i).copied())
+        .collect::<Option<Vec<_>>>()
+        .map(|hashes| RightEdge { size, hashes }))
+}
+
 /// Appends `entries` (in order) and their stored hashes inside the caller's transaction, and
 /// returns the index of the first and the new right edge (none when there were no entries).
 /// Updating `audit_head` first makes concurrent appenders, on any replica, wait for this
-/// transaction to end: the database orders the log. `known` is a committed edge: when the log is at its size (nobody else appended
-/// since), the edge is not read again.
+/// transaction to end: the database orders the log. `known` is a committed edge: when the log
+/// is at its size (nobody else appended since), the edge is not read again.
 ///
 /// # Errors
 /// A database failure, or stored hashes missing from the tree's right edge (a damaged log).
@@ -117,7 +142,14 @@ pub async fn append(
     }
     let edge = match known {
         Some(edge) if edge.size == start => edge.hashes.clone(),
-        _ => read_hashes(conn, &merkle::right_edge(start)).await?,
+        _ => {
+            right_edge(conn, start)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("audit tree at size {start}: hashes missing"))
+                })?
+                .hashes
+        }
     };
     let encoded: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
     let leaves: Vec<Hash> = encoded.iter().map(|b| merkle::leaf_hash(b)).collect();
