@@ -143,7 +143,7 @@ pub enum ApprovalEvent {
 
 impl ApprovalEvent {
     /// The guardians of the actor the event is about: who may hear of it.
-    pub fn guardians(&self) -> &[String] {
+    pub fn guardians(&self) -> &Guardians {
         match self {
             ApprovalEvent::Pending(n) | ApprovalEvent::Settled(n) => &n.guardians,
             ApprovalEvent::Flagged(n) => &n.guardians,
@@ -174,12 +174,37 @@ pub enum Origin {
     OtherReplica,
 }
 
+/// An actor's guardians, sorted and shared. Every event about the actor carries them, and each
+/// push stream asks whether its own guardian is among them: a binary search, so that an actor
+/// with a thousand guardians' streams open costs a thousand short lookups per event, not a
+/// thousand scans of the list (and a copy of it per event).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guardians(Arc<[String]>);
+
+impl Guardians {
+    pub fn new(mut ids: Vec<String>) -> Self {
+        ids.sort_unstable();
+        ids.dedup();
+        Self(ids.into())
+    }
+
+    /// Whether `id` is one of them.
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.binary_search_by(|g| g.as_str().cmp(id)).is_ok()
+    }
+
+    /// Them, in byte order.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
 /// An event's subject with who may hear of it. Dereferences to the subject.
 #[derive(Debug, Clone)]
 pub struct Notice<T> {
     pub subject: T,
     /// The actor's guardians when the event happened.
-    pub guardians: Vec<String>,
+    pub guardians: Guardians,
     pub origin: Origin,
     /// The subject as push streams send it, rendered once by the first stream that sends it:
     /// a guardian with a thousand streams open costs one serialization, not a thousand.
@@ -187,7 +212,7 @@ pub struct Notice<T> {
 }
 
 impl<T> Notice<T> {
-    pub fn new(subject: T, guardians: Vec<String>, origin: Origin) -> Self {
+    pub fn new(subject: T, guardians: Guardians, origin: Origin) -> Self {
         Self {
             subject,
             guardians,
@@ -240,7 +265,7 @@ pub struct ApprovalService {
 /// Cached settings: actors' device tags and overrides, vendors' templates.
 struct Settings {
     tags: Cached<(String, String), Vec<String>>,
-    guardians: Cached<(String, String), Vec<String>>,
+    guardians: Cached<(String, String), Guardians>,
     templates: Cached<String, (u32, PolicyTemplate)>,
     overrides: Cached<(String, String), (u32, ActorOverrides)>,
 }
@@ -623,12 +648,12 @@ impl ApprovalService {
     }
 
     /// The actor's guardians (cached: every event about the actor names them).
-    async fn guardians(&self, vendor: &str, actor: &str) -> Result<Vec<String>, StoreError> {
+    async fn guardians(&self, vendor: &str, actor: &str) -> Result<Guardians, StoreError> {
         let key = (vendor.to_owned(), actor.to_owned());
         let load = async {
             directory::guardians(&self.db, vendor, actor)
                 .await
-                .map(Some)
+                .map(|ids| Some(Guardians::new(ids)))
         };
         let found = self
             .cached

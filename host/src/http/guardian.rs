@@ -12,6 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
@@ -78,27 +79,31 @@ pub async fn stream(
     let first = inbox_view(&state, &guardian.id).await?;
     let now = state.clock.now_ms();
     let session_left = Duration::from_millis(guardian.expires_at_ms.saturating_sub(now));
+    // When the stream ends: the session expires or the host shuts down. One timer for the
+    // stream's life, not one armed again for every event.
     let ends = tokio::time::Instant::now() + session_left;
+    let mut closed = state.closed.clone();
+    let end: BoxFuture<'static, ()> = Box::pin(async move {
+        tokio::select! {
+            () = tokio::time::sleep_until(ends) => {}
+            _ = closed.wait_for(|c| *c) => {}
+        }
+    });
     state.metrics.stream_opened();
     let stream = futures_util::stream::unfold(
-        (state, guardian.id, events, Some(first)),
-        move |(state, id, mut events, first)| async move {
-            let mut closed = state.closed.clone();
+        (state, guardian.id, events, end, Some(first)),
+        move |(state, id, mut events, mut end, first)| async move {
             if let Some(inbox) = first {
                 let event = Event::default()
                     .event("inbox")
                     .json_data(inbox)
                     .unwrap_or_default();
-                return Some((Ok(event), (state, id, events, None)));
+                return Some((Ok(event), (state, id, events, end, None)));
             }
             loop {
                 let received = tokio::select! {
                     received = events.recv() => received,
-                    () = tokio::time::sleep_until(ends) => {
-                        state.metrics.stream_closed();
-                        return None;
-                    }
-                    _ = closed.wait_for(|c| *c) => {
+                    () = &mut end => {
                         state.metrics.stream_closed();
                         return None;
                     }
@@ -128,7 +133,7 @@ pub async fn stream(
                     }
                 };
                 if let Ok(event) = event {
-                    return Some((Ok(event), (state, id, events, None)));
+                    return Some((Ok(event), (state, id, events, end, None)));
                 }
             }
         },
