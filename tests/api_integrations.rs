@@ -304,6 +304,59 @@ async fn cached_settings(db: TestDb) {
     check_signature(&secret, &headers, &body);
 }
 
+on_both_backends!(
+    each_of_many_guardians_hears_of_a_request_and_no_one_else,
+    many_guardians
+);
+/// A device with many guardians, registered in no particular order: each of them hears of its
+/// requests on their stream, and a guardian of another device does not.
+async fn many_guardians(db: TestDb) {
+    let w = world(&db).await;
+    // Sixty guardians in a shuffled order, and one registered last that sorts first.
+    let mut guardians: Vec<String> = (0..60)
+        .map(|i| format!("guardian-{:02}", (i * 37) % 60))
+        .collect();
+    guardians.push("aaron".to_owned());
+    let names: Vec<&str> = guardians.iter().map(String::as_str).collect();
+    w.host.actor(&w.vendor, "teddy-7", &["toy"], &names).await;
+    let robot = w
+        .host
+        .actor(&w.vendor, "robot-2", &["toy"], &["guardian-zed"])
+        .await;
+    let mut streams = Vec::new();
+    for guardian in ["aaron", "guardian-00", "guardian-59", "guardian-zed"] {
+        let session = w.host.guardian(guardian);
+        let mut stream = Sse::new(
+            w.host
+                .call(Method::GET, "/v1/inbox/stream", &session)
+                .send()
+                .await
+                .unwrap(),
+        );
+        assert_eq!(stream.next_within(10).await.unwrap().0, "inbox");
+        streams.push((guardian, stream));
+    }
+
+    let (status, teddy) = w.host.post("/v1/approvals", &w.agent, pay(60_000)).await;
+    assert_eq!(status, 202);
+    let (status, robot) = w.host.post("/v1/approvals", &robot, pay(70_000)).await;
+    assert_eq!(status, 202);
+    for (guardian, stream) in &mut streams {
+        let (name, pushed) = stream.next_within(10).await.unwrap();
+        // Zed's first event is the robot's request: teddy's went by without reaching him.
+        let expected = if *guardian == "guardian-zed" {
+            &robot
+        } else {
+            &teddy
+        };
+        assert_eq!(
+            (name.as_str(), &pushed["id"]),
+            ("pending", &expected["id"]),
+            "{guardian}'s stream"
+        );
+    }
+}
+
 // ---- MCP ----------------------------------------------------------------------------------
 
 async fn mcp(w: &World, token: &str, id: u64, method: &str, params: Value) -> (u16, Value) {
