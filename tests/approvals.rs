@@ -224,7 +224,20 @@ async fn other_triggers(db: TestDb) {
         .unwrap();
     let mut from_hub = request("memory.write", family);
     from_hub.actor = "kitchen-hub".into();
-    assert_eq!(ask(&host, from_hub).await.record.status, Status::Allowed);
+    assert_eq!(
+        ask(&host, from_hub.clone()).await.record.status,
+        Status::Allowed
+    );
+    // A device's tags are cached: changing them is seen by its next request.
+    host.service
+        .register_actor(VENDOR, "kitchen-hub", &[], &[MOM.into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        ask(&host, from_hub).await.record.rule_fired.as_deref(),
+        Some("builtin.family_write_outside_family"),
+        "no longer a family device"
+    );
 
     let mint = |scope: u64| {
         request(
@@ -322,6 +335,24 @@ async fn precedence(db: TestDb) {
         (version, overrides.spend_thresholds[0].minor_units),
         (2, 10_000)
     );
+    // The actor's tags and its overrides are read together: a change of the one keeps the other.
+    host.service
+        .register_actor(VENDOR, TEDDY, &["toy".into()], &[MOM.into(), DAD.into()])
+        .await
+        .unwrap();
+    assert_eq!(ask(&host, pay(10_002)).await.record.status, Status::Pending);
+    assert_eq!(ask(&host, pay(9_999)).await.record.status, Status::Allowed);
+    assert_eq!(
+        host.service.overrides(VENDOR, TEDDY).await.unwrap().0,
+        2,
+        "still the newest version"
+    );
+    let (none, _) = host
+        .service
+        .overrides(VENDOR, "unregistered")
+        .await
+        .unwrap();
+    assert_eq!(none, 0, "an actor without overrides is at version 0");
 
     let bad = TemplateDoc::parse(r#"{"mint_ratio_percent": 150}"#).unwrap();
     let err = host

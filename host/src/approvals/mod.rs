@@ -262,12 +262,20 @@ pub struct ApprovalService {
     cached: Settings,
 }
 
-/// Cached settings: actors' device tags and overrides, vendors' templates.
+/// Cached settings: what a request reads of its actor, actors' guardians, vendors' templates.
 struct Settings {
-    tags: Cached<(String, String), Vec<String>>,
+    actors: Cached<(String, String), Arc<ActorSettings>>,
     guardians: Cached<(String, String), Guardians>,
     templates: Cached<String, (u32, PolicyTemplate)>,
-    overrides: Cached<(String, String), (u32, ActorOverrides)>,
+}
+
+/// What a request reads of its actor: its device tags and the overrides in force with their
+/// version (0 when none were set). Read together in one statement: a fleet's devices that ask
+/// less than once a minute find them out of the cache at every request.
+#[derive(Debug, Default)]
+struct ActorSettings {
+    tags: Vec<String>,
+    overrides: (u32, ActorOverrides),
 }
 
 /// The most actors and vendors whose settings are cached.
@@ -620,10 +628,9 @@ impl ApprovalService {
     ) -> Self {
         let versions = db.versions();
         let cached = Settings {
-            tags: Cached::new(Arc::clone(versions), CACHED_ACTORS),
+            actors: Cached::new(Arc::clone(versions), CACHED_ACTORS),
             guardians: Cached::new(Arc::clone(versions), CACHED_ACTORS),
             templates: Cached::new(Arc::clone(versions), CACHED_VENDORS),
-            overrides: Cached::new(Arc::clone(versions), CACHED_ACTORS),
         };
         Self {
             db,
@@ -900,22 +907,39 @@ impl ApprovalService {
         vendor: &str,
         actor: &str,
     ) -> Result<(u32, ActorOverrides), ApprovalError> {
-        let kind = DocumentKind::Overrides { vendor, actor };
+        Ok(self
+            .actor_settings(vendor, actor)
+            .await?
+            .map(|settings| settings.overrides.clone())
+            .unwrap_or_default())
+    }
+
+    /// The actor's tags and overrides in force, if it is registered with this vendor.
+    async fn actor_settings(
+        &self,
+        vendor: &str,
+        actor: &str,
+    ) -> Result<Option<Arc<ActorSettings>>, ApprovalError> {
         let load = async {
-            Ok::<_, ApprovalError>(Some(
-                match directory::documents(&self.db, kind, 1)
-                    .await?
-                    .into_iter()
-                    .next()
-                {
-                    Some(v) => (v.version, OverridesDoc::parse(&v.document)?.to_overrides()),
-                    None => (0, ActorOverrides::default()),
-                },
-            ))
+            let Some(row) = directory::actor_settings(&self.db, vendor, actor).await? else {
+                return Ok::<_, ApprovalError>(None);
+            };
+            let overrides = match row.overrides {
+                Some((version, document)) => {
+                    (version, OverridesDoc::parse(&document)?.to_overrides())
+                }
+                None => (0, ActorOverrides::default()),
+            };
+            Ok(Some(Arc::new(ActorSettings {
+                tags: row.context_tags,
+                overrides,
+            })))
         };
-        let (key, topic) = ((vendor.to_owned(), actor.to_owned()), kind.topic());
-        let cached = self.cached.overrides.get_or_load(&key, &topic, load);
-        Ok(cached.await?.unwrap_or_default())
+        let (key, topic) = (
+            (vendor.to_owned(), actor.to_owned()),
+            Topic::actor(vendor, actor),
+        );
+        self.cached.actors.get_or_load(&key, &topic, load).await
     }
 
     // ---- the lifecycle ----------------------------------------------------------------------
@@ -929,10 +953,7 @@ impl ApprovalService {
         let action =
             action::parse(&new.action, &new.params).map_err(ApprovalError::InvalidRequest)?;
         let params_hash = canonical::params_hash(&new.params)?;
-        let key = (new.vendor.clone(), new.actor.clone());
-        let tags = directory::context_tags(&self.db, &new.vendor, &new.actor);
-        let topic = Topic::actor(&new.vendor, &new.actor);
-        let Some(context_tags) = self.cached.tags.get_or_load(&key, &topic, tags).await? else {
+        let Some(actor) = self.actor_settings(&new.vendor, &new.actor).await? else {
             return Err(ApprovalError::UnknownActor);
         };
         if let Some(key) = &new.idempotency_key {
@@ -956,15 +977,14 @@ impl ApprovalService {
             return Ok(found);
         }
         let (policy_version, template) = self.template(&new.vendor).await?;
-        let (_, overrides) = self.overrides(&new.vendor, &new.actor).await?;
-        let effective = template.effective(&overrides);
+        let effective = template.effective(&actor.overrides.1);
         let id = new_id("apr");
         let input = ClassifyInput {
             request: RiskRequest {
                 id: id.clone(),
                 vendor: new.vendor.clone(),
                 actor: new.actor.clone(),
-                device_context: context_tags,
+                device_context: actor.tags.clone(),
                 action: action.clone(),
                 requested_at_ms: now,
             },
