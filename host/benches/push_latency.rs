@@ -163,14 +163,7 @@ async fn run(streams: usize) -> (String, usize) {
     let mut health = Vec::new();
     for _ in 0..REQUESTS {
         let started = Instant::now();
-        client
-            .get(format!("{url}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        round_trip(client.get(format!("{url}/healthz"))).await;
         health.push(started.elapsed());
     }
 
@@ -215,6 +208,11 @@ async fn run(streams: usize) -> (String, usize) {
 }
 
 /// When the first and the last of `streams` listeners heard of `id`, and the event's size.
+/// Sends `request` and reads its whole answer.
+async fn round_trip(request: reqwest::RequestBuilder) {
+    request.send().await.unwrap().bytes().await.unwrap();
+}
+
 async fn arrived(
     arrivals: &mut mpsc::UnboundedReceiver<Heard>,
     id: &str,
@@ -284,15 +282,7 @@ async fn bare_fanout(streams: usize, size: usize) -> String {
     for i in 0..REQUESTS {
         let id = format!("bare-{i}");
         let sent = Instant::now();
-        client
-            .post(format!("http://{addr}/send"))
-            .body(id.clone())
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        round_trip(client.post(format!("http://{addr}/send")).body(id.clone())).await;
         let (at_first, at_last, _) = arrived(&mut arrivals, &id, streams).await;
         first.push(at_first - sent);
         last.push(at_last - sent);

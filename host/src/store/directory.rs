@@ -98,17 +98,18 @@ pub async fn context_tags(
     vendor: &str,
     id: &str,
 ) -> Result<Option<Vec<String>>, StoreError> {
-    let Some(row) = sqlx::query("SELECT context_tags FROM actors WHERE vendor = $1 AND id = $2")
-        .bind(vendor)
-        .bind(id)
-        .fetch_optional(db.pool())
+    Ok(actor_settings(db, vendor, id)
         .await?
-    else {
-        return Ok(None);
-    };
+        .map(|settings| settings.context_tags))
+}
+
+fn tags_of(row: &sqlx::any::AnyRow) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(&row.try_get::<String, _>("context_tags")?)
-        .map(Some)
         .map_err(|e| StoreError::Corrupt(format!("actor tags: {e}")))
+}
+
+fn version_of(version: i64) -> Result<u32, StoreError> {
+    u32::try_from(version).map_err(|_| StoreError::Corrupt("document version out of range".into()))
 }
 
 /// What a request reads of its actor, in one statement: the device context tags and the
@@ -142,18 +143,12 @@ pub async fn actor_settings(
     else {
         return Ok(None);
     };
-    let context_tags = serde_json::from_str(&row.try_get::<String, _>("context_tags")?)
-        .map_err(|e| StoreError::Corrupt(format!("actor tags: {e}")))?;
     let overrides = match row.try_get::<Option<i64>, _>("version")? {
-        Some(version) => Some((
-            u32::try_from(version)
-                .map_err(|_| StoreError::Corrupt("document version out of range".into()))?,
-            row.try_get("document")?,
-        )),
+        Some(version) => Some((version_of(version)?, row.try_get("document")?)),
         None => None,
     };
     Ok(Some(ActorSettingsRow {
-        context_tags,
+        context_tags: tags_of(&row)?,
         overrides,
     }))
 }
@@ -241,8 +236,7 @@ impl DocumentKind<'_> {
 
 fn document_of(row: &sqlx::any::AnyRow) -> Result<DocumentVersion, StoreError> {
     Ok(DocumentVersion {
-        version: u32::try_from(row.try_get::<i64, _>("version")?)
-            .map_err(|_| StoreError::Corrupt("document version out of range".into()))?,
+        version: version_of(row.try_get("version")?)?,
         document: row.try_get("document")?,
         changed_by: row.try_get("changed_by")?,
         changed_at_ms: u64_of(row.try_get("changed_at_ms")?),
@@ -295,8 +289,7 @@ pub async fn insert_document(
         match inserted {
             Ok(_) => {
                 attempt.commit().await?;
-                return u32::try_from(version)
-                    .map_err(|_| StoreError::Corrupt("document version out of range".into()));
+                return version_of(version);
             }
             Err(e) if e.is_unique_violation() => {
                 attempt.rollback().await?;
