@@ -5,6 +5,9 @@ mod cli;
 
 use clap::Parser as _;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = cli::Cli::parse();
     // A server logs each request; a one-shot command only what went wrong. RUST_LOG overrides.
