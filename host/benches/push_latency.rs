@@ -207,12 +207,12 @@ async fn run(streams: usize) -> (String, usize) {
     (rows, event_size)
 }
 
-/// When the first and the last of `streams` listeners heard of `id`, and the event's size.
 /// Sends `request` and reads its whole answer.
 async fn round_trip(request: reqwest::RequestBuilder) {
     request.send().await.unwrap().bytes().await.unwrap();
 }
 
+/// When the first and the last of `streams` listeners heard of `id`, and the event's size.
 async fn arrived(
     arrivals: &mut mpsc::UnboundedReceiver<Heard>,
     id: &str,

@@ -1481,11 +1481,12 @@ impl ApprovalService {
                 continue;
             };
             if !actors.contains_key(&record.actor) {
-                let tags = directory::context_tags(&self.db, vendor, &record.actor)
+                let settings = self
+                    .actor_settings(vendor, &record.actor)
                     .await?
                     .unwrap_or_default();
-                let (_, overrides) = self.overrides(vendor, &record.actor).await?;
-                actors.insert(record.actor.clone(), (tags, template.effective(&overrides)));
+                let effective = template.effective(&settings.overrides.1);
+                actors.insert(record.actor.clone(), (settings.tags.clone(), effective));
             }
             let (tags, effective) = &actors[&record.actor];
             let input = ClassifyInput {

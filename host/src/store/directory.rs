@@ -89,20 +89,6 @@ pub async fn upsert_actor(db: &Db, actor: &ActorRow, now_ms: u64) -> Result<(), 
     Ok(())
 }
 
-/// The actor's device context tags, if it is registered with this vendor.
-///
-/// # Errors
-/// A database failure, or corrupt stored tags.
-pub async fn context_tags(
-    db: &Db,
-    vendor: &str,
-    id: &str,
-) -> Result<Option<Vec<String>>, StoreError> {
-    Ok(actor_settings(db, vendor, id)
-        .await?
-        .map(|settings| settings.context_tags))
-}
-
 fn tags_of(row: &sqlx::any::AnyRow) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(&row.try_get::<String, _>("context_tags")?)
         .map_err(|e| StoreError::Corrupt(format!("actor tags: {e}")))
@@ -158,14 +144,14 @@ pub async fn actor_settings(
 /// # Errors
 /// A database failure, or corrupt stored tags.
 pub async fn actor(db: &Db, vendor: &str, id: &str) -> Result<Option<ActorRow>, StoreError> {
-    let Some(context_tags) = context_tags(db, vendor, id).await? else {
+    let Some(settings) = actor_settings(db, vendor, id).await? else {
         return Ok(None);
     };
     let guardians = guardians(db, vendor, id).await?;
     Ok(Some(ActorRow {
         vendor: vendor.to_owned(),
         id: id.to_owned(),
-        context_tags,
+        context_tags: settings.context_tags,
         guardians,
     }))
 }
@@ -365,14 +351,6 @@ pub async fn guarded_by(
     .fetch_all(db.pool())
     .await?
     .iter()
-    .map(|r| {
-        let tags: String = r.try_get("context_tags")?;
-        Ok((
-            r.try_get("vendor")?,
-            r.try_get("id")?,
-            serde_json::from_str(&tags)
-                .map_err(|e| StoreError::Corrupt(format!("actor tags: {e}")))?,
-        ))
-    })
+    .map(|r| Ok((r.try_get("vendor")?, r.try_get("id")?, tags_of(r)?)))
     .collect()
 }
