@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use approval_host::clock::ManualClock;
 use common::{ADMIN, Sse, TestDb, TestHost, report};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 const T0: u64 = 1_795_000_000_000;
@@ -83,13 +82,7 @@ async fn wear_down(db: TestDb) {
         .sessions
         .mint(MOM, T0, Duration::from_secs(hours * 3_600 + 3_600))
         .unwrap();
-    let mut stream = Sse::new(
-        w.host
-            .call(Method::GET, "/v1/inbox/stream", &mom)
-            .send()
-            .await
-            .unwrap(),
-    );
+    let mut stream = w.host.inbox_stream(&mom).await;
     assert_eq!(stream.next_within(30).await.unwrap().0, "inbox");
 
     let step = HOUR_MS / per_hour;

@@ -126,13 +126,7 @@ on_both_backends!(
 );
 async fn approve(db: TestDb) {
     let w = world(&db).await;
-    let mut stream = Sse::new(
-        w.host
-            .call(Method::GET, "/v1/inbox/stream", &w.mom)
-            .send()
-            .await
-            .unwrap(),
-    );
+    let mut stream = w.host.inbox_stream(&w.mom).await;
     let (name, inbox) = stream.next_within(10).await.unwrap();
     assert_eq!(name, "inbox");
     assert_eq!(inbox["pending"], json!([]));
@@ -511,13 +505,7 @@ async fn rate_limit(db: TestDb) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let mut stream = Sse::new(
-        w.host
-            .call(Method::GET, "/v1/inbox/stream", &w.mom)
-            .send()
-            .await
-            .unwrap(),
-    );
+    let mut stream = w.host.inbox_stream(&w.mom).await;
     assert_eq!(stream.next_within(10).await.unwrap().0, "inbox");
     assert_eq!(ask(&w, 60_000).await.0, 202);
     // Another recipient: a request of its own (a tiny variation would be merged; tests/abuse.rs).

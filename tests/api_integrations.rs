@@ -12,7 +12,7 @@ use std::time::Duration;
 use approval_host::clock::ManualClock;
 use approval_host::http::webhooks::sign;
 use axum::http::HeaderMap;
-use common::{ADMIN, Sse, TestDb, TestHost, plugin, variant};
+use common::{ADMIN, TestDb, TestHost, plugin, variant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -264,13 +264,7 @@ async fn cached_settings(db: TestDb) {
         .await;
     let (receiver, secret) = webhook_receiver(&w).await;
     let dad = w.host.guardian("guardian-dad");
-    let mut stream = Sse::new(
-        w.host
-            .call(Method::GET, "/v1/inbox/stream", &dad)
-            .send()
-            .await
-            .unwrap(),
-    );
+    let mut stream = w.host.inbox_stream(&dad).await;
     assert_eq!(stream.next_within(10).await.unwrap().0, "inbox");
 
     let (status, asked) = w.host.post("/v1/approvals", &w.agent, pay(90_000)).await;
@@ -326,13 +320,7 @@ async fn many_guardians(db: TestDb) {
     let mut streams = Vec::new();
     for guardian in ["aaron", "guardian-00", "guardian-59", "guardian-zed"] {
         let session = w.host.guardian(guardian);
-        let mut stream = Sse::new(
-            w.host
-                .call(Method::GET, "/v1/inbox/stream", &session)
-                .send()
-                .await
-                .unwrap(),
-        );
+        let mut stream = w.host.inbox_stream(&session).await;
         assert_eq!(stream.next_within(10).await.unwrap().0, "inbox");
         streams.push((guardian, stream));
     }
@@ -590,14 +578,7 @@ async fn push_crosses_replicas_on_postgres() {
     let db = common::postgres().await;
     let first = world(&db).await;
     let second = world_on(TestHost::start(&db, first.host.clock.clone()).await, false).await;
-    let mut stream = Sse::new(
-        second
-            .host
-            .call(Method::GET, "/v1/inbox/stream", &second.mom)
-            .send()
-            .await
-            .unwrap(),
-    );
+    let mut stream = second.host.inbox_stream(&second.mom).await;
     assert_eq!(stream.next_within(10).await.unwrap().0, "inbox");
     let (_, asked) = first
         .host

@@ -293,6 +293,16 @@ impl TestHost {
         request_as(&self.client, &self.url, method, path, token)
     }
 
+    /// A push stream (`/v1/inbox/stream`) for the guardian holding `session`.
+    pub async fn inbox_stream(&self, session: &str) -> Sse {
+        let response = self
+            .call(reqwest::Method::GET, "/v1/inbox/stream", session)
+            .send()
+            .await
+            .unwrap();
+        Sse::new(response)
+    }
+
     /// GET `path` as `token`: (status, JSON body).
     pub async fn get(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
         answer(
