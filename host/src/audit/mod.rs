@@ -910,9 +910,8 @@ async fn run_batch(db: &Db, edge: &KnownEdge, mut batch: Vec<Job>) {
         let (first, new_edge) = if entries.is_empty() {
             (0, None)
         } else {
-            rows::put_payloads(&mut tx, &payloads).await?;
             let known = edge.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            rows::append(&mut tx, &entries, known.as_ref()).await?
+            rows::append(&mut tx, &entries, &payloads, known.as_ref()).await?
         };
         tx.commit().await?;
         // Only a committed edge is kept: an uncommitted one may never exist.

@@ -896,62 +896,117 @@ pub async fn history(
 ) -> Result<(History, Option<u64>), StoreError> {
     let hour = i64_of(now_ms.saturating_sub(RATE_WINDOW_MS));
     let day = i64_of(now_ms.saturating_sub(24 * RATE_WINDOW_MS));
-    let rows = sqlx::query(
-        "SELECT currency,
-                SUM(CASE WHEN created_at_ms > $3 THEN 1 + merged ELSE 0 END) AS hour_requests,
-                SUM(1 + merged) AS day_requests,
-                SUM(CASE WHEN created_at_ms > $3 AND action = 'payment' THEN 1 ELSE 0 END) AS hour_payments,
-                SUM(CASE WHEN action = 'payment' THEN 1 ELSE 0 END) AS day_payments,
-                SUM(CASE WHEN created_at_ms > $3 AND status = 'denied' THEN 1 ELSE 0 END) AS hour_denied,
-                SUM(CASE WHEN status = 'denied' THEN 1 ELSE 0 END) AS day_denied,
-                CAST(SUM(CASE WHEN created_at_ms > $3 AND status IN ('allowed', 'approved') THEN amount_minor ELSE 0 END) AS BIGINT) AS hour_spend,
-                CAST(SUM(CASE WHEN status IN ('allowed', 'approved') THEN amount_minor ELSE 0 END) AS BIGINT) AS day_spend,
-                SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending,
-                (SELECT MAX(raised_at_ms) FROM actor_flags WHERE vendor = $1 AND actor = $2) AS flagged_at
-         FROM approvals WHERE vendor = $1 AND actor = $2 AND created_at_ms > $4 AND created_at_ms <= $5
-         GROUP BY currency",
-    )
-    .bind(vendor)
-    .bind(actor)
-    .bind(hour)
-    .bind(day)
-    .bind(i64_of(now_ms))
-    .fetch_all(db.pool())
-    .await?;
+    let now = i64_of(now_ms);
+    // Every request makes this read: on a SQLite file it runs on this thread (see
+    // `store::direct`), elsewhere through the pool.
+    let rows = if let Some(direct) = db.direct() {
+        direct.read(|conn| {
+            let mut statement = conn.prepare_cached(HISTORY)?;
+            let params: &[(&str, &dyn rusqlite::ToSql)] = &[
+                ("$1", &vendor),
+                ("$2", &actor),
+                ("$3", &hour),
+                ("$4", &day),
+                ("$5", &now),
+            ];
+            let rows = statement.query_map(params, |row| {
+                Ok(HistoryRow {
+                    currency: row.get("currency")?,
+                    counts: [
+                        row.get("hour_requests")?,
+                        row.get("day_requests")?,
+                        row.get("hour_payments")?,
+                        row.get("day_payments")?,
+                        row.get("hour_denied")?,
+                        row.get("day_denied")?,
+                        row.get("hour_spend")?,
+                        row.get("day_spend")?,
+                        row.get("pending")?,
+                    ],
+                    flagged_at: row.get("flagged_at")?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?
+    } else {
+        let rows = sqlx::query(HISTORY)
+            .bind(vendor)
+            .bind(actor)
+            .bind(hour)
+            .bind(day)
+            .bind(now)
+            .fetch_all(db.pool())
+            .await?;
+        let mut read = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let get = |column: &str| row.try_get::<Option<i64>, _>(column);
+            read.push(HistoryRow {
+                currency: row.try_get("currency")?,
+                counts: [
+                    get("hour_requests")?,
+                    get("day_requests")?,
+                    get("hour_payments")?,
+                    get("day_payments")?,
+                    get("hour_denied")?,
+                    get("day_denied")?,
+                    get("hour_spend")?,
+                    get("day_spend")?,
+                    get("pending")?,
+                ],
+                flagged_at: get("flagged_at")?,
+            });
+        }
+        read
+    };
+    Ok(history_of(&rows))
+}
+
+/// An actor's activity per currency (`$1` vendor, `$2` actor, `$3` an hour ago, `$4` a day
+/// ago, `$5` now), in the order of [`HistoryRow::counts`].
+const HISTORY: &str = "SELECT currency,
+        SUM(CASE WHEN created_at_ms > $3 THEN 1 + merged ELSE 0 END) AS hour_requests,
+        SUM(1 + merged) AS day_requests,
+        SUM(CASE WHEN created_at_ms > $3 AND action = 'payment' THEN 1 ELSE 0 END) AS hour_payments,
+        SUM(CASE WHEN action = 'payment' THEN 1 ELSE 0 END) AS day_payments,
+        SUM(CASE WHEN created_at_ms > $3 AND status = 'denied' THEN 1 ELSE 0 END) AS hour_denied,
+        SUM(CASE WHEN status = 'denied' THEN 1 ELSE 0 END) AS day_denied,
+        CAST(SUM(CASE WHEN created_at_ms > $3 AND status IN ('allowed', 'approved') THEN amount_minor ELSE 0 END) AS BIGINT) AS hour_spend,
+        CAST(SUM(CASE WHEN status IN ('allowed', 'approved') THEN amount_minor ELSE 0 END) AS BIGINT) AS day_spend,
+        SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS pending,
+        (SELECT MAX(raised_at_ms) FROM actor_flags WHERE vendor = $1 AND actor = $2) AS flagged_at
+    FROM approvals WHERE vendor = $1 AND actor = $2 AND created_at_ms > $4 AND created_at_ms <= $5
+    GROUP BY currency";
+
+/// One row of [`HISTORY`], as read by either driver.
+struct HistoryRow {
+    currency: Option<String>,
+    /// Requests, payments, denials and spend, each in the last hour then the last day; then
+    /// the pending count.
+    counts: [Option<i64>; 9],
+    flagged_at: Option<i64>,
+}
+
+/// The history summary of an actor's rows of [`HISTORY`], and when it was last flagged.
+fn history_of(rows: &[HistoryRow]) -> (History, Option<u64>) {
     let mut history = History::default();
     let mut flagged_at = None;
-    let get = |row: &AnyRow, column: &str| -> Result<u64, StoreError> {
-        Ok(row.try_get::<Option<i64>, _>(column)?.map_or(0, u64_of))
-    };
     let count = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-    for row in &rows {
-        let currency: Option<String> = row.try_get("currency")?;
+    for row in rows {
+        let [hr, dr, hp, dp, hd, dd, hs, ds, pending] = row.counts.map(|c| c.map_or(0, u64_of));
         let add = |a: &mut Activity, requests, payments, denied, spend: u64| {
             a.requests = a.requests.saturating_add(count(requests));
             a.payments = a.payments.saturating_add(count(payments));
             a.denied = a.denied.saturating_add(count(denied));
-            if let (Some(c), true) = (&currency, spend > 0) {
+            if let (Some(c), true) = (&row.currency, spend > 0) {
                 a.approved_spend.push(Money::new(spend, c));
             }
         };
-        add(
-            &mut history.last_hour,
-            get(row, "hour_requests")?,
-            get(row, "hour_payments")?,
-            get(row, "hour_denied")?,
-            get(row, "hour_spend")?,
-        );
-        add(
-            &mut history.last_day,
-            get(row, "day_requests")?,
-            get(row, "day_payments")?,
-            get(row, "day_denied")?,
-            get(row, "day_spend")?,
-        );
-        history.pending = history.pending.saturating_add(count(get(row, "pending")?));
-        flagged_at = opt_u64(row, "flagged_at")?;
+        add(&mut history.last_hour, hr, hp, hd, hs);
+        add(&mut history.last_day, dr, dp, dd, ds);
+        history.pending = history.pending.saturating_add(count(pending));
+        flagged_at = row.flagged_at.map(u64_of);
     }
-    Ok((history, flagged_at))
+    (history, flagged_at)
 }
 
 /// Raises a flag for an actor whose volume jumped, unless one was raised in the last hour.

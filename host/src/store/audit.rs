@@ -5,7 +5,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
 
-use super::{Db, StoreError, i64_of, placeholders, u64_of};
+use super::{Db, Statements, StoreError, Value, i64_of, placeholders, u64_of};
 use crate::audit::entry::Entry;
 use crate::audit::merkle::{self, Hash, HashCache, ProofError, TreeOp};
 
@@ -115,24 +115,55 @@ pub async fn right_edge(
         .map(|hashes| RightEdge { size, hashes }))
 }
 
-/// Appends `entries` (in order) and their stored hashes inside the caller's transaction, and
-/// returns the index of the first and the new right edge (none when there were no entries).
-/// Updating `audit_head` first makes concurrent appenders, on any replica, wait for this
+/// Appends `entries` (in order) and their stored hashes, and stores `payloads` (by SHA-256,
+/// hex; ones already stored, or named twice, are kept once), inside the caller's transaction;
+/// returns the index of the first entry and the new right edge (none when there were no
+/// entries). Updating `audit_head` makes concurrent appenders, on any replica, wait for this
 /// transaction to end: the database orders the log. `known` is a committed edge: when the log
-/// is at its size (nobody else appended since), the edge is not read again.
+/// is at its size (nobody else appended since), the edge is not read again. Two round trips on
+/// SQLite (see [`Statements`]): the payloads with the head, then the entries with their hashes.
 ///
 /// # Errors
 /// A database failure, or stored hashes missing from the tree's right edge (a damaged log).
 pub async fn append(
     conn: &mut AnyConnection,
     entries: &[Entry],
+    payloads: &[(String, Vec<u8>)],
     known: Option<&RightEdge>,
 ) -> Result<(u64, Option<RightEdge>), StoreError> {
     let count = entries.len() as u64;
-    let row = sqlx::query("UPDATE audit_head SET size = size + $1 WHERE id = 1 RETURNING size")
-        .bind(i64_of(count))
-        .fetch_one(&mut *conn)
-        .await?;
+    let mut first = Statements::default();
+    let mut seen = std::collections::HashSet::new();
+    let distinct: Vec<_> = payloads
+        .iter()
+        .filter(|(sha256, _)| seen.insert(sha256.as_str()))
+        .collect();
+    for chunk in distinct.chunks(PAYLOAD_ROWS_PER_INSERT) {
+        first.push(
+            format!(
+                "INSERT INTO audit_payloads (sha256, bytes) VALUES {} ON CONFLICT (sha256) DO NOTHING",
+                placeholders(conn, chunk.len(), 2)
+            ),
+            chunk
+                .iter()
+                .flat_map(|(sha256, bytes)| {
+                    [Value::Text(Some(sha256.as_str())), Value::Bytes(bytes.as_slice())]
+                })
+                .collect(),
+        );
+    }
+    first.push(
+        format!(
+            "UPDATE audit_head SET size = size + {} WHERE id = 1 RETURNING size",
+            placeholders(conn, 1, 1)
+        ),
+        vec![Value::Int(i64_of(count))],
+    );
+    let row = first
+        .run(conn)
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("the audit head is missing".into()))?;
     let end = u64_of(row.try_get("size")?);
     let start = end
         .checked_sub(count)
@@ -171,70 +202,48 @@ pub async fn append(
             .collect(),
     };
 
+    let mut rest = Statements::default();
     let rows: Vec<_> = (start..).zip(entries.iter().zip(&encoded)).collect();
     for chunk in rows.chunks(ENTRY_ROWS_PER_INSERT) {
-        let sql = format!(
-            "INSERT INTO audit_entries (idx, entry, kind, at_ms, vendor, actor, approval_id, plugin, rule, decision) VALUES {}",
-            placeholders(conn, chunk.len(), 10)
+        rest.push(
+            format!(
+                "INSERT INTO audit_entries (idx, entry, kind, at_ms, vendor, actor, approval_id, plugin, rule, decision) VALUES {}",
+                placeholders(conn, chunk.len(), 10)
+            ),
+            chunk
+                .iter()
+                .flat_map(|(index, (entry, bytes))| {
+                    let ix = entry.event.index();
+                    [
+                        Value::Int(i64_of(*index)),
+                        Value::Bytes(bytes.as_slice()),
+                        Value::Text(Some(ix.kind)),
+                        Value::Int(i64_of(entry.at_ms)),
+                        Value::Text(ix.vendor),
+                        Value::Text(ix.actor),
+                        Value::Text(ix.approval_id),
+                        Value::Text(ix.plugin),
+                        Value::Text(ix.rule),
+                        Value::Text(ix.decision),
+                    ]
+                })
+                .collect(),
         );
-        let mut query = sqlx::query(&sql);
-        for (index, (entry, bytes)) in chunk {
-            let ix = entry.event.index();
-            query = query
-                .bind(i64_of(*index))
-                .bind(bytes.as_slice())
-                .bind(ix.kind)
-                .bind(i64_of(entry.at_ms))
-                .bind(ix.vendor)
-                .bind(ix.actor)
-                .bind(ix.approval_id)
-                .bind(ix.plugin)
-                .bind(ix.rule)
-                .bind(ix.decision);
-        }
-        query.execute(&mut *conn).await?;
     }
     for chunk in hashes.chunks(HASH_ROWS_PER_INSERT) {
-        let sql = format!(
-            "INSERT INTO audit_hashes (idx, hash) VALUES {}",
-            placeholders(conn, chunk.len(), 2)
+        rest.push(
+            format!(
+                "INSERT INTO audit_hashes (idx, hash) VALUES {}",
+                placeholders(conn, chunk.len(), 2)
+            ),
+            chunk
+                .iter()
+                .flat_map(|(index, hash)| [Value::Int(i64_of(*index)), Value::Bytes(&hash.0)])
+                .collect(),
         );
-        let mut query = sqlx::query(&sql);
-        for (index, hash) in chunk {
-            query = query.bind(i64_of(*index)).bind(hash.0.as_slice());
-        }
-        query.execute(&mut *conn).await?;
     }
+    rest.run(conn).await?;
     Ok((start, Some(edge)))
-}
-
-/// Stores payloads by SHA-256 (hex) in the caller's transaction, in multi-row inserts (a batch's
-/// payloads are one statement, not one each); ones already stored, or named twice, are kept once.
-///
-/// # Errors
-/// A database failure.
-pub async fn put_payloads(
-    conn: &mut AnyConnection,
-    payloads: &[(String, Vec<u8>)],
-) -> Result<(), StoreError> {
-    let mut seen = std::collections::HashSet::new();
-    let distinct: Vec<_> = payloads
-        .iter()
-        .filter(|(sha256, _)| seen.insert(sha256.as_str()))
-        .collect();
-    for chunk in distinct.chunks(PAYLOAD_ROWS_PER_INSERT) {
-        let sql = format!(
-            "INSERT INTO audit_payloads (sha256, bytes) VALUES {} ON CONFLICT (sha256) DO NOTHING",
-            placeholders(conn, chunk.len(), 2)
-        );
-        let query = chunk
-            .iter()
-            .fold(sqlx::query(&sql), |query, (sha256, bytes)| {
-                query.bind(sha256.as_str()).bind(bytes.as_slice())
-            });
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 /// Deletes a payload's bytes; `false` if there were none.

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::any::{AnyPoolOptions, AnyRow, install_default_drivers};
 use sqlx::{AnyConnection, AnyPool, Executor as _};
 
 pub mod approvals;
 pub mod audit;
 pub mod cache;
 pub mod credentials;
+pub mod direct;
 pub mod directory;
 pub mod events;
 pub mod keys;
@@ -19,6 +20,7 @@ pub mod plugins;
 pub mod webhooks;
 
 use cache::{Topic, Versions};
+use direct::DirectReads;
 
 /// Every SQLite connection's settings: write-ahead log, an fsync at every commit (a decision
 /// is durable when answered), 32 MiB of page cache (SQLite's default, 2 MiB, is far smaller
@@ -51,6 +53,9 @@ pub enum StoreError {
     /// The audit log's writers have shut down; nothing more can be written.
     #[error("the database writer has shut down")]
     Closed,
+    /// A read on the calling thread failed (see [`direct`]).
+    #[error("database error: {0}")]
+    Direct(#[from] rusqlite::Error),
     /// A write was ready but the transaction it shared with others failed: nothing was stored.
     #[error("the write batch failed: {0}")]
     BatchFailed(String),
@@ -70,6 +75,9 @@ pub struct Db {
     backend: Backend,
     /// The versions of what services cache (see [`cache`]).
     versions: Arc<Versions>,
+    /// A SQLite file's reads on the calling thread (see [`direct`]); `None` on PostgreSQL and
+    /// for an in-memory database.
+    direct: Option<Arc<DirectReads>>,
 }
 
 impl Db {
@@ -105,10 +113,15 @@ impl Db {
         // One process owns a SQLite file: every change happens here. On PostgreSQL other
         // replicas change things too, and caching waits for the listener (see `crate::push`).
         let versions = Arc::new(Versions::new(backend == Backend::Sqlite));
+        let direct = match backend {
+            Backend::Sqlite => sqlite_file(url)?.map(|path| Arc::new(DirectReads::new(&path))),
+            Backend::Postgres => None,
+        };
         Ok(Self {
             pool,
             backend,
             versions,
+            direct,
         })
     }
 
@@ -119,6 +132,11 @@ impl Db {
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Reads on the calling thread, for a SQLite file (see [`direct`]).
+    pub(crate) fn direct(&self) -> Option<&DirectReads> {
+        self.direct.as_deref()
     }
 
     /// The versions cached values are checked against.
@@ -137,6 +155,14 @@ impl Db {
         }
         self.versions.bump(topic);
     }
+}
+
+/// The file a `sqlite:` URL names, once the pool has opened it; `None` for an in-memory database.
+pub(crate) fn sqlite_file(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+    let path = options.get_filename();
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    Ok((!in_memory && path.is_file()).then(|| path.to_owned()))
 }
 
 /// `(…), (…)` with `rows` groups of `columns` placeholders. SQLite gets anonymous `?`: sqlx
@@ -162,6 +188,61 @@ pub(crate) fn placeholders(conn: &AnyConnection, rows: usize, columns: usize) ->
     }
     sql
 }
+
+/// A value bound to one of [`Statements`]' placeholders.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Value<'a> {
+    Int(i64),
+    Bytes(&'a [u8]),
+    Text(Option<&'a str>),
+}
+
+/// Statements run in order in the caller's transaction, in as few round trips to the database
+/// as it allows: on SQLite as one string, which sqlx hands to the connection's thread once
+/// (binding the anonymous `?` placeholders across the statements in order); on PostgreSQL,
+/// whose extended protocol takes one statement at a time, one by one.
+#[derive(Debug, Default)]
+pub(crate) struct Statements<'a> {
+    sql: Vec<String>,
+    values: Vec<Vec<Value<'a>>>,
+}
+
+impl<'a> Statements<'a> {
+    /// Adds a statement (placeholders from [`placeholders`]) and its values, in order.
+    pub(crate) fn push(&mut self, sql: String, values: Vec<Value<'a>>) {
+        self.sql.push(sql);
+        self.values.push(values);
+    }
+
+    /// Runs them; returns the rows they return, in order.
+    ///
+    /// # Errors
+    /// A database failure: the statements before the failing one have run.
+    pub(crate) async fn run(self, conn: &mut AnyConnection) -> Result<Vec<AnyRow>, StoreError> {
+        fn bind<'q>(query: AnyQuery<'q>, values: &[Value<'q>]) -> AnyQuery<'q> {
+            values.iter().fold(query, |query, value| match *value {
+                Value::Int(v) => query.bind(v),
+                Value::Bytes(v) => query.bind(v),
+                Value::Text(v) => query.bind(v),
+            })
+        }
+        if self.sql.is_empty() {
+            return Ok(Vec::new());
+        }
+        if conn.backend_name() == "SQLite" {
+            let sql = self.sql.join(";\n");
+            let values: Vec<Value<'_>> = self.values.into_iter().flatten().collect();
+            return Ok(bind(sqlx::query(&sql), &values).fetch_all(conn).await?);
+        }
+        let mut rows = Vec::new();
+        for (sql, values) in self.sql.iter().zip(&self.values) {
+            rows.extend(bind(sqlx::query(sql), values).fetch_all(&mut *conn).await?);
+        }
+        Ok(rows)
+    }
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 /// A millisecond time or count as the database's signed 64-bit integer (saturating).
 pub(crate) fn i64_of(value: u64) -> i64 {

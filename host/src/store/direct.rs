@@ -1,0 +1,140 @@
+//! Reads on the calling thread, for the one statement every request makes on SQLite.
+//!
+//! sqlx runs each SQLite statement on its connection's own thread: the statement goes over a
+//! channel to that thread and each row comes back over another, two thread switches at least
+//! for a one-row read. On a 2-core machine at the host's peak those switches were a quarter of
+//! all CPU samples (BENCHMARKS.md). A request's history read is short (an aggregate over one
+//! actor's rows of the last day, through a covering index), so it runs here instead, on the
+//! task's own thread, over a connection of its own (read only; WAL readers never wait for the
+//! writer). Writes stay on sqlx: they run once per writer batch, not once per request.
+//!
+//! Only for a SQLite file: an in-memory database is private to the connection that opened it,
+//! and PostgreSQL has no such hand-off to save.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::StoreError;
+
+/// Idle connections kept for the next read (one per tokio worker is what a busy host uses).
+const IDLE: usize = 4;
+
+/// The settings of a reading connection: those of the pool's (see `SQLITE_PRAGMAS`) that apply
+/// to a reader, and no writes at all.
+const READER_PRAGMAS: &str =
+    "PRAGMA query_only = ON; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;";
+
+/// How long a read waits for a lock before it fails (as the pool's `busy_timeout`). In WAL
+/// mode a reader waits only while the log is being recovered or reset.
+const BUSY: Duration = Duration::from_secs(5);
+
+/// Read-only connections to one SQLite file, used on the calling thread.
+#[derive(Debug)]
+pub struct DirectReads {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl DirectReads {
+    /// Reads from the SQLite file at `path` (which the pool has created and migrated).
+    pub(crate) fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `read` on an idle connection (a new one if none is idle), on this thread.
+    ///
+    /// # Errors
+    /// The file cannot be opened, or `read` failed.
+    pub(crate) fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let taken = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match taken {
+            Some(conn) => conn,
+            None => self.open()?,
+        };
+        // A statement that failed leaves its connection fit for the next read.
+        let out = read(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < IDLE {
+            idle.push(conn);
+        }
+        Ok(out?)
+    }
+
+    fn open(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY)?;
+        conn.execute_batch(READER_PRAGMAS)?;
+        Ok(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::Db;
+
+    fn size(conn: &Connection) -> rusqlite::Result<i64> {
+        conn.query_row("SELECT size FROM audit_head", [], |row| row.get(0))
+    }
+
+    async fn file_db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("host.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn a_read_sees_what_the_pool_committed_just_before() {
+        let (_dir, db) = file_db().await;
+        let direct = db.direct().expect("a SQLite file reads directly");
+        assert_eq!(direct.read(size).unwrap(), 0);
+        sqlx::query("UPDATE audit_head SET size = 7 WHERE id = 1")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(direct.read(size).unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_reader_cannot_write_and_a_bad_read_is_an_error() {
+        let (_dir, db) = file_db().await;
+        let direct = db.direct().unwrap();
+        let write = direct.read(|c| c.execute("UPDATE audit_head SET size = 9", []));
+        assert!(matches!(write, Err(StoreError::Direct(_))), "{write:?}");
+        let missing =
+            direct.read(|c| c.query_row("SELECT x FROM missing", [], |r| r.get::<_, i64>(0)));
+        assert!(matches!(missing, Err(StoreError::Direct(_))), "{missing:?}");
+        // The connection whose statement failed reads again.
+        assert_eq!(direct.read(size).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn only_a_file_is_read_directly() {
+        let (dir, _db) = file_db().await;
+        let file = dir.path().join("host.db");
+        let url = format!("sqlite://{}?mode=rw", file.display());
+        assert_eq!(crate::store::sqlite_file(&url).unwrap(), Some(file));
+        for url in ["sqlite::memory:", "sqlite://shared?mode=memory"] {
+            assert_eq!(crate::store::sqlite_file(url).unwrap(), None, "{url}");
+        }
+    }
+}
