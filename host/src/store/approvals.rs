@@ -351,20 +351,39 @@ pub async fn insert_answered(
     conn: &mut AnyConnection,
     records: &[&ApprovalRecord],
 ) -> Result<Vec<bool>, StoreError> {
-    let mut stored = std::collections::HashSet::new();
+    let mut stored = Vec::with_capacity(records.len());
     for chunk in records.chunks(RECORDS_PER_INSERT) {
         let sql = format!(
-            "INSERT INTO approvals ({COLUMNS}) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+            "INSERT INTO approvals ({COLUMNS}) VALUES {} ON CONFLICT DO NOTHING",
             placeholders(conn, chunk.len(), COLUMN_COUNT)
         );
         let query = chunk
             .iter()
             .fold(sqlx::query(&sql), |query, r| bind_record(query, r));
-        for row in query.fetch_all(&mut *conn).await? {
-            stored.insert(row.try_get::<String, _>("id")?);
+        // Nearly always every record is stored, which the count says. (`RETURNING id` would
+        // say which, but sqlx hands each returned row over from SQLite's thread on its own.)
+        let inserted = query.execute(&mut *conn).await?.rows_affected();
+        if usize::try_from(inserted).is_ok_and(|n| n == chunk.len()) {
+            stored.extend(std::iter::repeat_n(true, chunk.len()));
+            continue;
         }
+        // Some were refused: the ones stored are those whose (new, random) id is there now.
+        let sql = format!(
+            "SELECT id FROM approvals WHERE id IN {}",
+            placeholders(conn, 1, chunk.len())
+        );
+        let query = chunk
+            .iter()
+            .fold(sqlx::query(&sql), |query, r| query.bind(r.id.as_str()));
+        let found: std::collections::HashSet<String> = query
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        stored.extend(chunk.iter().map(|r| found.contains(&r.id)));
     }
-    Ok(records.iter().map(|r| stored.contains(&r.id)).collect())
+    Ok(stored)
 }
 
 // ---- the lifecycle ---------------------------------------------------------------------------
