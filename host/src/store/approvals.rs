@@ -797,6 +797,19 @@ pub async fn pending_with_params(
     actor: &str,
     params_hash: &str,
 ) -> Result<Option<ApprovalRecord>, StoreError> {
+    // Most requests of a device with requests waiting are not one of them again: on a SQLite
+    // file, ask on this thread whether there is one before reading it through the pool.
+    if let Some(direct) = db.direct() {
+        let exists = direct.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT 1 FROM approvals WHERE vendor = ?1 AND actor = ?2 AND params_hash = ?3 AND status = 'pending'",
+            )?;
+            statement.exists((vendor, actor, params_hash))
+        })?;
+        if !exists {
+            return Ok(None);
+        }
+    }
     sqlx::query(&format!(
         "SELECT {COLUMNS} FROM approvals WHERE vendor = $1 AND actor = $2 AND params_hash = $3 AND status = 'pending'"
     ))
