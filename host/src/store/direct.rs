@@ -1,12 +1,14 @@
-//! Reads on the calling thread, for the one statement every request makes on SQLite.
+//! Reads on the calling thread, for the statements requests make most on SQLite: the history
+//! read (every request) and whether an identical request is pending (every request of a device
+//! with requests waiting).
 //!
 //! sqlx runs each SQLite statement on its connection's own thread: the statement goes over a
 //! channel to that thread and each row comes back over another, two thread switches at least
 //! for a one-row read. On a 2-core machine at the host's peak those switches were a quarter of
-//! all CPU samples (BENCHMARKS.md). A request's history read is short (an aggregate over one
-//! actor's rows of the last day, through a covering index), so it runs here instead, on the
-//! task's own thread, over a connection of its own (read only; WAL readers never wait for the
-//! writer). Writes stay on sqlx: they run once per writer batch, not once per request.
+//! all CPU samples (BENCHMARKS.md). These reads are short (an aggregate over one actor's rows of
+//! the last day through a covering index; one lookup in a unique index), so they run here
+//! instead, on the task's own thread, over a connection of its own (read only; WAL readers never
+//! wait for the writer). Writes stay on sqlx: they run once per writer batch, not once per request.
 //!
 //! Only for a SQLite file: an in-memory database is private to the connection that opened it,
 //! and PostgreSQL has no such hand-off to save.
