@@ -138,20 +138,16 @@ pub async fn append(
         .iter()
         .filter(|(sha256, _)| seen.insert(sha256.as_str()))
         .collect();
-    for chunk in distinct.chunks(PAYLOAD_ROWS_PER_INSERT) {
-        first.push(
-            format!(
-                "INSERT INTO audit_payloads (sha256, bytes) VALUES {} ON CONFLICT (sha256) DO NOTHING",
-                placeholders(conn, chunk.len(), 2)
-            ),
-            chunk
-                .iter()
-                .flat_map(|(sha256, bytes)| {
-                    [Value::Text(Some(sha256.as_str())), Value::Bytes(bytes.as_slice())]
-                })
-                .collect(),
-        );
-    }
+    first.push_rows(
+        conn,
+        (
+            "INSERT INTO audit_payloads (sha256, bytes)",
+            "ON CONFLICT (sha256) DO NOTHING",
+        ),
+        PAYLOAD_ROWS_PER_INSERT,
+        &distinct,
+        |(sha256, bytes)| [Value::Text(Some(sha256.as_str())), Value::Bytes(bytes)],
+    );
     first.push(
         format!(
             "UPDATE audit_head SET size = size + {} WHERE id = 1 RETURNING size",
@@ -204,44 +200,37 @@ pub async fn append(
 
     let mut rest = Statements::default();
     let rows: Vec<_> = (start..).zip(entries.iter().zip(&encoded)).collect();
-    for chunk in rows.chunks(ENTRY_ROWS_PER_INSERT) {
-        rest.push(
-            format!(
-                "INSERT INTO audit_entries (idx, entry, kind, at_ms, vendor, actor, approval_id, plugin, rule, decision) VALUES {}",
-                placeholders(conn, chunk.len(), 10)
-            ),
-            chunk
-                .iter()
-                .flat_map(|(index, (entry, bytes))| {
-                    let ix = entry.event.index();
-                    [
-                        Value::Int(i64_of(*index)),
-                        Value::Bytes(bytes.as_slice()),
-                        Value::Text(Some(ix.kind)),
-                        Value::Int(i64_of(entry.at_ms)),
-                        Value::Text(ix.vendor),
-                        Value::Text(ix.actor),
-                        Value::Text(ix.approval_id),
-                        Value::Text(ix.plugin),
-                        Value::Text(ix.rule),
-                        Value::Text(ix.decision),
-                    ]
-                })
-                .collect(),
-        );
-    }
-    for chunk in hashes.chunks(HASH_ROWS_PER_INSERT) {
-        rest.push(
-            format!(
-                "INSERT INTO audit_hashes (idx, hash) VALUES {}",
-                placeholders(conn, chunk.len(), 2)
-            ),
-            chunk
-                .iter()
-                .flat_map(|(index, hash)| [Value::Int(i64_of(*index)), Value::Bytes(&hash.0)])
-                .collect(),
-        );
-    }
+    rest.push_rows(
+        conn,
+        (
+            "INSERT INTO audit_entries (idx, entry, kind, at_ms, vendor, actor, approval_id, plugin, rule, decision)",
+            "",
+        ),
+        ENTRY_ROWS_PER_INSERT,
+        &rows,
+        |(index, (entry, bytes))| {
+            let ix = entry.event.index();
+            [
+                Value::Int(i64_of(*index)),
+                Value::Bytes(bytes),
+                Value::Text(Some(ix.kind)),
+                Value::Int(i64_of(entry.at_ms)),
+                Value::Text(ix.vendor),
+                Value::Text(ix.actor),
+                Value::Text(ix.approval_id),
+                Value::Text(ix.plugin),
+                Value::Text(ix.rule),
+                Value::Text(ix.decision),
+            ]
+        },
+    );
+    rest.push_rows(
+        conn,
+        ("INSERT INTO audit_hashes (idx, hash)", ""),
+        HASH_ROWS_PER_INSERT,
+        &hashes,
+        |(index, hash)| [Value::Int(i64_of(*index)), Value::Bytes(&hash.0)],
+    );
     rest.run(conn).await?;
     Ok((start, Some(edge)))
 }

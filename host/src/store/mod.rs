@@ -214,6 +214,27 @@ impl<'a> Statements<'a> {
         self.values.push(values);
     }
 
+    /// Adds multi-row inserts of `rows`, at most `per` rows a statement:
+    /// `{head} VALUES (…), (…) {tail}`, each row's `columns` values given by `values`.
+    pub(crate) fn push_rows<T, const N: usize>(
+        &mut self,
+        conn: &AnyConnection,
+        (head, tail): (&str, &str),
+        per: usize,
+        rows: &'a [T],
+        values: impl Fn(&'a T) -> [Value<'a>; N],
+    ) {
+        for chunk in rows.chunks(per) {
+            self.push(
+                format!(
+                    "{head} VALUES {} {tail}",
+                    placeholders(conn, chunk.len(), N)
+                ),
+                chunk.iter().flat_map(&values).collect(),
+            );
+        }
+    }
+
     /// Runs them; returns the rows they return, in order.
     ///
     /// # Errors
