@@ -941,23 +941,8 @@ pub async fn history(
                 ("$4", &day),
                 ("$5", &now),
             ];
-            let rows = statement.query_map(params, |row| {
-                Ok(HistoryRow {
-                    currency: row.get("currency")?,
-                    counts: [
-                        row.get("hour_requests")?,
-                        row.get("day_requests")?,
-                        row.get("hour_payments")?,
-                        row.get("day_payments")?,
-                        row.get("hour_denied")?,
-                        row.get("day_denied")?,
-                        row.get("hour_spend")?,
-                        row.get("day_spend")?,
-                        row.get("pending")?,
-                    ],
-                    flagged_at: row.get("flagged_at")?,
-                })
-            })?;
+            let rows =
+                statement.query_map(params, |row| HistoryRow::read(row.get(0)?, |i| row.get(i)))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?
     } else {
@@ -969,32 +954,16 @@ pub async fn history(
             .bind(now)
             .fetch_all(db.pool())
             .await?;
-        let mut read = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let get = |column: &str| row.try_get::<Option<i64>, _>(column);
-            read.push(HistoryRow {
-                currency: row.try_get("currency")?,
-                counts: [
-                    get("hour_requests")?,
-                    get("day_requests")?,
-                    get("hour_payments")?,
-                    get("day_payments")?,
-                    get("hour_denied")?,
-                    get("day_denied")?,
-                    get("hour_spend")?,
-                    get("day_spend")?,
-                    get("pending")?,
-                ],
-                flagged_at: get("flagged_at")?,
-            });
-        }
-        read
+        rows.iter()
+            .map(|row| HistoryRow::read(row.try_get(0)?, |i| row.try_get(i)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
     };
     Ok(history_of(&rows))
 }
 
 /// An actor's activity per currency (`$1` vendor, `$2` actor, `$3` an hour ago, `$4` a day
-/// ago, `$5` now), in the order of [`HistoryRow::counts`].
+/// ago, `$5` now): the currency, the nine columns of [`HistoryRow::counts`] in their order,
+/// and `flagged_at`; both drivers read them by position.
 const HISTORY: &str = "SELECT currency,
         SUM(CASE WHEN created_at_ms > $3 THEN 1 + merged ELSE 0 END) AS hour_requests,
         SUM(1 + merged) AS day_requests,
@@ -1016,6 +985,24 @@ struct HistoryRow {
     /// the pending count.
     counts: [Option<i64>; 9],
     flagged_at: Option<i64>,
+}
+
+impl HistoryRow {
+    /// A row from its currency and `column(i)`, the integer column `i` of [`HISTORY`].
+    fn read<E>(
+        currency: Option<String>,
+        column: impl Fn(usize) -> Result<Option<i64>, E>,
+    ) -> Result<Self, E> {
+        let mut counts = [None; 9];
+        for (i, count) in counts.iter_mut().enumerate() {
+            *count = column(i + 1)?;
+        }
+        Ok(Self {
+            currency,
+            counts,
+            flagged_at: column(10)?,
+        })
+    }
 }
 
 /// The history summary of an actor's rows of [`HISTORY`], and when it was last flagged.

@@ -15,23 +15,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::StoreError;
+use super::{SQLITE_PRAGMAS, StoreError};
 
 /// Idle connections kept for the next read (one per tokio worker is what a busy host uses).
 const IDLE: usize = 4;
-
-/// The settings of a reading connection: those of the pool's (see `SQLITE_PRAGMAS`) that apply
-/// to a reader, and no writes at all.
-const READER_PRAGMAS: &str =
-    "PRAGMA query_only = ON; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;";
-
-/// How long a read waits for a lock before it fails (as the pool's `busy_timeout`). In WAL
-/// mode a reader waits only while the log is being recovered or reset.
-const BUSY: Duration = Duration::from_secs(5);
 
 /// Read-only connections to one SQLite file, used on the calling thread.
 #[derive(Debug)]
@@ -80,8 +70,9 @@ impl DirectReads {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(BUSY)?;
-        conn.execute_batch(READER_PRAGMAS)?;
+        // The pool's settings (those of a writer are no-ops here), and no writes at all.
+        conn.execute_batch(SQLITE_PRAGMAS)?;
+        conn.pragma_update(None, "query_only", true)?;
         Ok(conn)
     }
 }
@@ -127,6 +118,21 @@ mod tests {
         assert!(matches!(missing, Err(StoreError::Direct(_))), "{missing:?}");
         // The connection whose statement failed reads again.
         assert_eq!(direct.read(size).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_requests_reads_do_not_wait_for_the_pool() {
+        let (_dir, db) = file_db().await;
+        // With the pool closed, only the reads on the calling thread can answer.
+        db.pool().close().await;
+        let (history, flagged) = crate::store::approvals::history(&db, "v", "a", 1_000)
+            .await
+            .unwrap();
+        assert_eq!((history.pending, flagged), (0, None));
+        let pending = crate::store::approvals::pending_with_params(&db, "v", "a", "00")
+            .await
+            .unwrap();
+        assert!(pending.is_none());
     }
 
     #[tokio::test]
