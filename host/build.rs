@@ -18,6 +18,12 @@ fn main() {
     for watched in ["plugins/Cargo.toml", "plugins/Cargo.lock", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
+    // `sqlx::migrate!` embeds these; a migration added without touching a source file must
+    // still rebuild the crate.
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("migrations").display()
+    );
     let crates = std::fs::read_dir(root.join("plugins")).expect("plugins/ exists");
     for entry in crates
         .flatten()

@@ -165,6 +165,42 @@ async fn wear_down(db: TestDb) {
     report::write(&format!("abuse-{}", backend(&db)), &table);
 }
 
+on_both_backends!(
+    requests_stored_before_variation_keys_are_still_merged_into,
+    stored_before_variation_keys
+);
+async fn stored_before_variation_keys(db: TestDb) {
+    let w = world(&db).await;
+    let pay = |amount: u64, to: &str| json!({"action": "payment", "params": {"amount": amount, "currency": "CNY", "recipient": to}});
+    let (status, first) = w
+        .host
+        .post("/v1/approvals", &w.teddy, pay(60_000, "toy-shop"))
+        .await;
+    assert_eq!(status, 202, "{first}");
+    // As a host from before variation keys (migration 0008) stored it: no key.
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let cleared = sqlx::query("UPDATE approvals SET variation_key = NULL")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(cleared.rows_affected(), 1);
+    let (status, merged) = w
+        .host
+        .post("/v1/approvals", &w.teddy, pay(61_000, " Toy-Shop"))
+        .await;
+    assert_eq!((status, &merged["id"]), (202, &first["id"]), "{merged}");
+    assert_eq!(merged["similar_requests"], 1);
+    // And a request for another shop is still a request of its own.
+    let (status, other) = w
+        .host
+        .post("/v1/approvals", &w.teddy, pay(60_000, "candy-shop"))
+        .await;
+    assert_eq!(status, 202, "{other}");
+    assert_ne!(other["id"], first["id"]);
+}
+
 on_both_backends!(different_requests_are_not_merged, different_requests);
 async fn different_requests(db: TestDb) {
     let w = world(&db).await;

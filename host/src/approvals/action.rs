@@ -197,6 +197,49 @@ pub fn is_tiny_variation(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// What every tiny variation of `params` of `action` has in common (see
+/// [`is_tiny_variation`]), hashed: the action, the fields and their kinds, the text of each
+/// string trimmed and lowercased; not the numbers. Requests for a guardian are stored with it,
+/// so that looking for the pending request a new one may be merged into reads only the few
+/// that could be, not every pending request of the actor. Two params with the same key still
+/// have to be compared.
+pub fn variation_key(action: &str, params: &Value) -> String {
+    use sha2::{Digest as _, Sha256};
+    fn text(hash: &mut Sha256, tag: u8, text: &str) {
+        hash.update([tag]);
+        hash.update((text.len() as u64).to_le_bytes());
+        hash.update(text.as_bytes());
+    }
+    fn shape(hash: &mut Sha256, value: &Value) {
+        match value {
+            Value::Null => hash.update(b"n"),
+            Value::Bool(b) => hash.update(if *b { b"t" } else { b"f" }),
+            // Any two numbers may be within 10 % of each other: numbers are compared later.
+            Value::Number(_) => hash.update(b"#"),
+            Value::String(s) => text(hash, b's', &s.trim().to_lowercase()),
+            Value::Array(items) => {
+                hash.update(b"[");
+                hash.update((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|item| shape(hash, item));
+            }
+            Value::Object(fields) => {
+                hash.update(b"{");
+                hash.update((fields.len() as u64).to_le_bytes());
+                let mut sorted: Vec<_> = fields.iter().collect();
+                sorted.sort_unstable_by_key(|(k, _)| k.as_str());
+                for (k, v) in sorted {
+                    text(hash, b'k', k);
+                    shape(hash, v);
+                }
+            }
+        }
+    }
+    let mut hash = Sha256::new();
+    text(&mut hash, b'a', action);
+    shape(&mut hash, params);
+    hex::encode(&hash.finalize()[..8])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +363,97 @@ mod tests {
             &json!({"on": true}),
             &json!({"on": false})
         ));
+    }
+
+    #[test]
+    fn variation_keys_tell_apart_what_can_never_be_merged() {
+        let pay =
+            |units: u64, to: &str| json!({"amount": units, "currency": "CNY", "recipient": to});
+        let key = |params: &Value| variation_key("payment", params);
+        assert_eq!(
+            key(&pay(60_000, "toy-shop")),
+            key(&pay(61_000, " Toy-Shop"))
+        );
+        assert_ne!(
+            key(&pay(60_000, "toy-shop")),
+            key(&pay(60_000, "candy-shop"))
+        );
+        assert_ne!(
+            key(&pay(60_000, "toy-shop")),
+            variation_key("refund", &pay(60_000, "toy-shop"))
+        );
+        assert_ne!(
+            key(&json!({"room": "hall-1-1"})),
+            key(&json!({"room": "hall-1-2"}))
+        );
+        assert_ne!(
+            key(&json!({"a": "b", "c": ""})),
+            key(&json!({"a": "", "c": "b"}))
+        );
+        assert_ne!(key(&json!({"on": true})), key(&json!({"on": "true"})));
+    }
+
+    /// JSON values of a few kinds, nested, with the few strings and numbers that make tiny
+    /// variations likely.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-3i64..=3).prop_map(|n| json!(n * 50)),
+            prop::sample::select(vec![0.0, -0.0, 1.5, 100.0, 105.0, 1e300])
+                .prop_map(|f: f64| json!(f)),
+            prop::sample::select(vec!["hall", " Hall", "HALL ", "attic", ""])
+                .prop_map(|s: &str| json!(s)),
+        ];
+        leaf.prop_recursive(3, 16, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop::sample::select(vec!["a", "b", "room"]).prop_map(str::to_owned),
+                    inner,
+                    0..3
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A tiny variation of `value`: its strings' case and spaces changed and its numbers moved
+    /// by up to 5 %, as `seed`'s bits say.
+    fn vary(value: &Value, seed: &mut u64) -> Value {
+        *seed = seed.rotate_left(7) ^ 0x9e37_79b9;
+        match value {
+            Value::String(s) if seed.is_multiple_of(2) => json!(format!(" {} ", s.to_uppercase())),
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if f.is_finite() && seed.is_multiple_of(3) => json!(f * 1.05),
+                _ => value.clone(),
+            },
+            Value::Array(items) => Value::Array(items.iter().map(|v| vary(v, seed)).collect()),
+            Value::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), vary(v, seed)))
+                    .collect(),
+            ),
+            _ => value.clone(),
+        }
+    }
+
+    proptest::proptest! {
+        /// The key only ever rules out what [`is_tiny_variation`] would refuse.
+        #[test]
+        fn tiny_variations_share_their_variation_key(a in json_value(), b in json_value()) {
+            if is_tiny_variation(&a, &b) {
+                proptest::prop_assert_eq!(variation_key("x", &a), variation_key("x", &b));
+            }
+        }
+
+        #[test]
+        fn varied_params_keep_their_variation_key(a in json_value(), mut seed in proptest::prelude::any::<u64>()) {
+            let b = vary(&a, &mut seed);
+            proptest::prop_assert!(is_tiny_variation(&a, &b), "{a} {b}");
+            proptest::prop_assert_eq!(variation_key("x", &a), variation_key("x", &b));
+        }
     }
 }

@@ -1099,9 +1099,15 @@ impl ApprovalService {
         &self,
         record: &ApprovalRecord,
     ) -> Result<Option<ApprovalRecord>, ApprovalError> {
-        let pending =
-            rows::pending_of_action(&self.db, &record.vendor, &record.actor, &record.action)
-                .await?;
+        let key = action::variation_key(&record.action, &record.params);
+        let pending = rows::pending_like(
+            &self.db,
+            &record.vendor,
+            &record.actor,
+            &record.action,
+            &key,
+        )
+        .await?;
         let Some(similar) = pending.into_iter().find(|p| {
             p.expires_at_ms.is_some_and(|at| at > record.created_at_ms)
                 && action::is_tiny_variation(&p.params, &record.params)

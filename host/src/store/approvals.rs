@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection as _, Row as _};
 
-use super::{Backend, Db, StoreError, i64_of, placeholders, u64_of};
+use super::{Db, StoreError, i64_of, placeholders, u64_of};
 use crate::approvals::record::{
     ApprovalRecord, FiredRule, IssuedToken, Method, PluginRun, Provenance, Route, Status,
 };
@@ -187,7 +187,7 @@ const COLUMNS: &str = "id, vendor, actor, idempotency_key, provenance, action, p
     amount_minor, currency, recipient, status, route, escalated, rule_fired, reason, rules, plugins, \
     counter_offer, policy_version, created_at_ms, expires_at_ms, decided_at_ms, decision_method, \
     decider, decision_reason, revised_params, revised_params_hash, token_id, token, \
-    token_expires_at_ms, retry_after_ms, merged";
+    token_expires_at_ms, retry_after_ms, merged, variation_key";
 
 fn opt_u64(row: &AnyRow, column: &str) -> Result<Option<u64>, StoreError> {
     Ok(row.try_get::<Option<i64>, _>(column)?.map(u64_of))
@@ -312,6 +312,11 @@ fn bind_record<'q>(query: AnyQuery<'q>, r: &ApprovalRecord) -> AnyQuery<'q> {
         .bind(r.token.as_ref().map(|t| i64_of(t.expires_at_ms)))
         .bind(r.retry_after_ms.map(i64_of))
         .bind(i64::from(r.merged))
+        // Only a pending request can be merged into (see `pending_like`).
+        .bind(
+            (r.status == Status::Pending)
+                .then(|| crate::approvals::action::variation_key(&r.action, &r.params)),
+        )
 }
 
 /// The number of columns in [`COLUMNS`], counted from it.
@@ -676,7 +681,7 @@ pub async fn merged_by_idempotency_key(
     .transpose()
 }
 
-/// A pending request as far as comparing params needs it (see [`pending_of_action`]).
+/// A pending request as far as comparing params needs it (see [`pending_like`]).
 #[derive(Debug, Clone)]
 pub struct PendingParams {
     pub id: String,
@@ -684,50 +689,64 @@ pub struct PendingParams {
     pub expires_at_ms: Option<u64>,
 }
 
-/// The actor's pending requests of this action kind, oldest first (at most 100: an actor over
-/// its rate limit cannot have more), with only their ids, params and expiry: an actor with many
-/// pending requests is read for each of its new ones, so the rows stay small.
+/// The actor's pending requests of `action` that may be tiny variations of a new one with
+/// `variation_key` (see [`crate::approvals::action::variation_key`]), oldest first, at most 100
+/// (an actor over its rate limit cannot have more): those stored with the same key, and those
+/// stored before requests had one. Usually none, so an actor with many pending requests is not
+/// read in full for each new one. On a SQLite file, read on this thread (see `store::direct`).
 ///
 /// # Errors
 /// A database failure or a corrupt row.
-pub async fn pending_of_action(
+pub async fn pending_like(
     db: &Db,
     vendor: &str,
     actor: &str,
     action: &str,
+    variation_key: &str,
 ) -> Result<Vec<PendingParams>, StoreError> {
-    // One row for all of them: sqlx's SQLite driver hands each row over from its thread.
-    let rows = "SELECT id, params, expires_at_ms, created_at_ms FROM approvals
-         WHERE vendor = $1 AND actor = $2 AND action = $3 AND status = 'pending'
-         ORDER BY created_at_ms, id LIMIT 100";
-    let sql = match db.backend() {
-        Backend::Sqlite => format!(
-            "SELECT json_group_array(json_array(id, json(params), expires_at_ms)) AS pending
-             FROM ({rows}) AS p"
-        ),
-        Backend::Postgres => format!(
-            "SELECT CAST(COALESCE(json_agg(json_build_array(id, CAST(params AS JSON), expires_at_ms)
-                 ORDER BY created_at_ms, id), '[]') AS TEXT) AS pending
-             FROM ({rows}) AS p"
-        ),
+    // Two branches, each an equality on the pending requests' index (an OR of the key and NULL
+    // would have SQLite scan the actor's whole history instead).
+    const PENDING_LIKE: &str = "SELECT id, params, expires_at_ms, created_at_ms FROM approvals
+         WHERE vendor = $1 AND actor = $2 AND status = 'pending' AND variation_key = $4 AND action = $3
+         UNION ALL
+         SELECT id, params, expires_at_ms, created_at_ms FROM approvals
+         WHERE vendor = $1 AND actor = $2 AND status = 'pending' AND variation_key IS NULL AND action = $3
+         ORDER BY 4, 1 LIMIT 100";
+    let listed: Vec<(String, String, Option<i64>)> = if let Some(direct) = db.direct() {
+        direct.read(|conn| {
+            let mut statement = conn.prepare_cached(PENDING_LIKE)?;
+            let params: &[(&str, &dyn rusqlite::ToSql)] = &[
+                ("$1", &vendor),
+                ("$2", &actor),
+                ("$3", &action),
+                ("$4", &variation_key),
+            ];
+            let rows =
+                statement.query_map(params, |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?
+    } else {
+        sqlx::query(PENDING_LIKE)
+            .bind(vendor)
+            .bind(actor)
+            .bind(action)
+            .bind(variation_key)
+            .fetch_all(db.pool())
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
     };
-    let row = sqlx::query(&sql)
-        .bind(vendor)
-        .bind(actor)
-        .bind(action)
-        .fetch_one(db.pool())
-        .await?;
-    let listed: Vec<(String, serde_json::Value, Option<u64>)> =
-        serde_json::from_str(&row.try_get::<String, _>("pending")?)
-            .map_err(corrupt("pending params"))?;
-    Ok(listed
+    listed
         .into_iter()
-        .map(|(id, params, expires_at_ms)| PendingParams {
-            id,
-            params,
-            expires_at_ms,
+        .map(|(id, params, expires_at_ms)| {
+            Ok(PendingParams {
+                id,
+                params: json_value(&params, "params")?,
+                expires_at_ms: expires_at_ms.map(u64_of),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The record with this id.
