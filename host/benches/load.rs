@@ -125,6 +125,26 @@ impl Server {
         self.child.id()
     }
 
+    /// The CPU time the host has used so far (user and system, all threads), in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // After the command name in parentheses: state is field 3, utime and stime 14 and 15,
+        // in the kernel's USER_HZ ticks (100 a second).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i - 3)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(14) + ticks(15)) / 100.0
+    }
+
     /// The host's resident memory, in MiB.
     fn rss_mib(&self) -> f64 {
         let status =
@@ -565,6 +585,17 @@ const LEVELS: &[usize] = &[1, 4, 16, 32, 64, 128];
 /// Devices per vendor in the decision runs: each asks a few times a minute, as a fleet would.
 const ACTORS: usize = 2_000;
 
+/// Pairs of runs with and without the plugin in the decisions section.
+const PAIRS: usize = 5;
+
+/// One pair of runs with and without the plugin: its share of a decision by rate and by the
+/// host's CPU time, and the CPU time per decision with and without it (µs).
+struct Pair {
+    by_rate: f64,
+    by_cpu: f64,
+    cpu_us: (f64, f64),
+}
+
 async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
     let server = Server::start(database);
     let api = server.api();
@@ -572,17 +603,16 @@ async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
         .vendor("with-plugin", ACTORS, Some(plugin("velocity")), 250)
         .await;
     let (_, plain) = api.vendor("no-plugin", ACTORS, None, 250).await;
-    eprintln!("{label}: allowed decisions with the velocity plugin");
-    let with_plugin = sweep(
-        &format!("{}/", server.url),
-        Some(&decision_script(&tokens, "with-plugin")),
-        LEVELS,
-        6,
+    let (script_with, script_without) = (
+        decision_script(&tokens, "with-plugin"),
+        decision_script(&plain, "no-plugin"),
     );
+    eprintln!("{label}: allowed decisions with the velocity plugin");
+    let with_plugin = sweep(&format!("{}/", server.url), Some(&script_with), LEVELS, 6);
     eprintln!("{label}: the same without a plugin");
     let without = sweep(
         &format!("{}/", server.url),
-        Some(&decision_script(&plain, "no-plugin")),
+        Some(&script_without),
         LEVELS,
         6,
     );
@@ -601,6 +631,36 @@ async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
     let (latencies, errors) = open_loop(&server.url, &fresh, half, 8.0).await;
     eprintln!("{label}: open loop at {half:.0}/s, the swept devices");
     let (swept, swept_errors) = open_loop(&server.url, &tokens, half, 8.0).await;
+    // After the open loops, which this load would slow (a larger log, more WAL to checkpoint).
+    // The plugin's share by throughput from the two sweeps' peaks is the difference of two
+    // runs a minute apart, each of which moves by up to a tenth on this shared machine; runs
+    // with and without the plugin in alternation, at the peak's concurrency, pair them closely.
+    // Beside the rate, the host's CPU time per decision: a neighbour on the machine takes time
+    // from the host, not CPU time per decision (though batches, and so the CPU time a decision
+    // takes, shrink with the rate).
+    let pairs: Vec<Pair> = if database.is_none() {
+        eprintln!("{label}: with and without the plugin, alternating");
+        (0..PAIRS)
+            .map(|_| {
+                let url = format!("{}/", server.url);
+                let timed = |script: &Path| {
+                    let before = server.cpu_seconds();
+                    let run = wrk(&url, Some(script), top.concurrency, 4);
+                    let cpu_us = (server.cpu_seconds() - before) * 1e6 / (run.rps * 4.0);
+                    (run.rps, cpu_us)
+                };
+                let (with, with_cpu) = timed(&script_with);
+                let (without, without_cpu) = timed(&script_without);
+                Pair {
+                    by_rate: (1.0 - with / without) * 100.0,
+                    by_cpu: (1.0 - without_cpu / with_cpu) * 100.0,
+                    cpu_us: (with_cpu, without_cpu),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let rss = server.rss_mib();
     let entries: Value = api
         .call(reqwest::Method::GET, "/v1/audit/checkpoint", ADMIN, None)
@@ -620,10 +680,32 @@ async fn decisions(report: &mut String, database: Option<&str>, label: &str) {
     if database.is_none() {
         parts(report, &with_plugin, &health);
         let plugin = criterion_median_ns("plugin_call/fresh_instance_call");
+        let median = |of: fn(&Pair) -> f64| {
+            let mut sorted: Vec<f64> = pairs.iter().map(of).collect();
+            sorted.sort_by(f64::total_cmp);
+            percentile(&sorted, 0.5)
+        };
+        let each = |of: fn(&Pair) -> f64| {
+            pairs
+                .iter()
+                .map(|p| format!("{:.1} %", of(p)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         writeln!(
             report,
-            "\nThe Wasm plugin's share of the path: by throughput, removing it raises the peak from {:.0}/s to {:.0}/s \
-             ({:.1} % of a decision's cost); by time, one call ({}) is {} of a decision's cost at peak ({:.1} µs).",
+            "\nThe Wasm plugin's share of the path, in {} alternating pairs of 4 s runs with and without it at {} connections (medians): \
+             by the host's CPU time per decision, **{:.1} %** ({:.1} µs with it, {:.1} µs without; each pair: {}); \
+             by throughput, {:.1} % (each pair: {}); between the two sweeps' peaks, {:.0}/s and {:.0}/s, {:.1} %. \
+             By time, one call ({}) is {} of a decision's cost at peak ({:.1} µs).",
+            pairs.len(),
+            top.concurrency,
+            median(|p| p.by_cpu),
+            median(|p| p.cpu_us.0),
+            median(|p| p.cpu_us.1),
+            each(|p| p.by_cpu),
+            median(|p| p.by_rate),
+            each(|p| p.by_rate),
             top.rps,
             plain_top.rps,
             (1.0 - top.rps / plain_top.rps) * 100.0,
