@@ -201,6 +201,47 @@ async fn stored_before_variation_keys(db: TestDb) {
     assert_ne!(other["id"], first["id"]);
 }
 
+on_both_backends!(
+    the_same_params_for_another_action_are_a_request_of_their_own,
+    same_params_other_action
+);
+async fn same_params_other_action(db: TestDb) {
+    let w = world(&db).await;
+    // Params both a ¥600 payment and a banking credential can be read from: each needs a
+    // guardian, and neither is the other.
+    let params = json!({"amount": 60_000, "currency": "CNY", "recipient": "bank", "service": "bank", "category": "banking"});
+    let (status, payment) = w
+        .host
+        .post(
+            "/v1/approvals",
+            &w.teddy,
+            json!({"action": "payment", "params": params}),
+        )
+        .await;
+    assert_eq!(status, 202, "{payment}");
+    let (status, credential) = w
+        .host
+        .post(
+            "/v1/approvals",
+            &w.teddy,
+            json!({"action": "cred.put", "params": params}),
+        )
+        .await;
+    assert_eq!(status, 202, "{credential}");
+    assert_ne!(credential["id"], payment["id"]);
+    assert_eq!(credential["action"], "cred.put");
+    // Each is joined by its own retry.
+    let (_, again) = w
+        .host
+        .post(
+            "/v1/approvals",
+            &w.teddy,
+            json!({"action": "cred.put", "params": params}),
+        )
+        .await;
+    assert_eq!(again["id"], credential["id"], "{again}");
+}
+
 on_both_backends!(different_requests_are_not_merged, different_requests);
 async fn different_requests(db: TestDb) {
     let w = world(&db).await;

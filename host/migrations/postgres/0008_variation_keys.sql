@@ -4,3 +4,9 @@
 -- migration, whose key is NULL), not all of them.
 ALTER TABLE approvals ADD COLUMN variation_key TEXT;
 CREATE INDEX approvals_pending_variation ON approvals (vendor, actor, variation_key, created_at_ms) WHERE status = 'pending';
+
+-- A pending request is unique per actor, action and params, not per actor and params: a request
+-- of another action with the same params (a ¥600 payment, and a banking credential read from the
+-- same object) is a request of its own, not one to join.
+DROP INDEX approvals_one_pending;
+CREATE UNIQUE INDEX approvals_one_pending ON approvals (vendor, actor, action, params_hash) WHERE status = 'pending';

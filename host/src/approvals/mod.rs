@@ -1249,13 +1249,11 @@ impl ApprovalService {
         params_hash: &str,
     ) -> Result<Option<Requested>, ApprovalError> {
         let Some(found) =
-            rows::pending_with_params(&self.db, &new.vendor, &new.actor, params_hash).await?
+            rows::pending_with_params(&self.db, &new.vendor, &new.actor, &new.action, params_hash)
+                .await?
         else {
             return Ok(None);
         };
-        if found.action != new.action {
-            return Ok(None);
-        }
         let found = self.settle_if_expired(found).await?;
         if found.status != Status::Pending {
             return Ok(None);

@@ -806,7 +806,7 @@ pub async fn by_idempotency_key(
     .transpose()
 }
 
-/// The pending request of this actor with these params, if any.
+/// The pending request of this actor for this action with these params, if any.
 ///
 /// # Errors
 /// A database failure or a corrupt row.
@@ -814,6 +814,7 @@ pub async fn pending_with_params(
     db: &Db,
     vendor: &str,
     actor: &str,
+    action: &str,
     params_hash: &str,
 ) -> Result<Option<ApprovalRecord>, StoreError> {
     // Most requests of a device with requests waiting are not one of them again: on a SQLite
@@ -821,19 +822,20 @@ pub async fn pending_with_params(
     if let Some(direct) = db.direct() {
         let exists = direct.read(|conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT 1 FROM approvals WHERE vendor = ?1 AND actor = ?2 AND params_hash = ?3 AND status = 'pending'",
+                "SELECT 1 FROM approvals WHERE vendor = ?1 AND actor = ?2 AND action = ?3 AND params_hash = ?4 AND status = 'pending'",
             )?;
-            statement.exists((vendor, actor, params_hash))
+            statement.exists((vendor, actor, action, params_hash))
         })?;
         if !exists {
             return Ok(None);
         }
     }
     sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM approvals WHERE vendor = $1 AND actor = $2 AND params_hash = $3 AND status = 'pending'"
+        "SELECT {COLUMNS} FROM approvals WHERE vendor = $1 AND actor = $2 AND action = $3 AND params_hash = $4 AND status = 'pending'"
     ))
     .bind(vendor)
     .bind(actor)
+    .bind(action)
     .bind(params_hash)
     .fetch_optional(db.pool())
     .await?
