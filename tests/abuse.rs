@@ -186,6 +186,14 @@ async fn stored_before_variation_keys(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(cleared.rows_affected(), 1);
+    // The same request again joins it ...
+    let (status, joined) = w
+        .host
+        .post("/v1/approvals", &w.teddy, pay(60_000, "toy-shop"))
+        .await;
+    assert_eq!((status, &joined["id"]), (202, &first["id"]), "{joined}");
+    assert!(joined.get("similar_requests").is_none(), "{joined}");
+    // ... and a tiny variation of it is merged into it.
     let (status, merged) = w
         .host
         .post("/v1/approvals", &w.teddy, pay(61_000, " Toy-Shop"))

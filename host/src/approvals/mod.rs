@@ -1248,9 +1248,15 @@ impl ApprovalService {
         new: &NewRequest,
         params_hash: &str,
     ) -> Result<Option<Requested>, ApprovalError> {
-        let Some(found) =
-            rows::pending_with_params(&self.db, &new.vendor, &new.actor, &new.action, params_hash)
-                .await?
+        let Some(found) = rows::pending_with_params(
+            &self.db,
+            &new.vendor,
+            &new.actor,
+            &new.action,
+            params_hash,
+            &action::variation_key(&new.action, &new.params),
+        )
+        .await?
         else {
             return Ok(None);
         };

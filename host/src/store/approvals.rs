@@ -704,8 +704,8 @@ pub async fn pending_like(
     action: &str,
     variation_key: &str,
 ) -> Result<Vec<PendingParams>, StoreError> {
-    // Two branches, each an equality on the pending requests' index (an OR of the key and NULL
-    // would have SQLite scan the actor's whole history instead).
+    // Two branches, each an equality on a prefix of `approvals_one_pending` (an OR of the key
+    // and NULL would have SQLite scan the actor's whole history instead).
     const PENDING_LIKE: &str = "SELECT id, params, expires_at_ms, created_at_ms FROM approvals
          WHERE vendor = $1 AND actor = $2 AND status = 'pending' AND variation_key = $4 AND action = $3
          UNION ALL
@@ -806,7 +806,8 @@ pub async fn by_idempotency_key(
     .transpose()
 }
 
-/// The pending request of this actor for this action with these params, if any.
+/// The pending request of this actor for this action with these params (whose
+/// [`crate::approvals::action::variation_key`] is `variation_key`), if any.
 ///
 /// # Errors
 /// A database failure or a corrupt row.
@@ -816,32 +817,52 @@ pub async fn pending_with_params(
     actor: &str,
     action: &str,
     params_hash: &str,
+    variation_key: &str,
 ) -> Result<Option<ApprovalRecord>, StoreError> {
+    // Two branches, each an equality on `approvals_one_pending`: the request with this key, or
+    // one stored before requests had a key.
+    fn identical(columns: &str) -> String {
+        let branch = |key: &str| {
+            format!(
+                "SELECT {columns} FROM approvals WHERE vendor = $1 AND actor = $2 AND {key} \
+                 AND action = $3 AND params_hash = $4 AND status = 'pending'"
+            )
+        };
+        format!(
+            "{} UNION ALL {}",
+            branch("variation_key = $5"),
+            branch("variation_key IS NULL")
+        )
+    }
     // Most requests of a device with requests waiting are not one of them again: on a SQLite
     // file, ask on this thread whether there is one before reading it through the pool.
     if let Some(direct) = db.direct() {
         let exists = direct.read(|conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT 1 FROM approvals WHERE vendor = ?1 AND actor = ?2 AND action = ?3 AND params_hash = ?4 AND status = 'pending'",
-            )?;
-            statement.exists((vendor, actor, action, params_hash))
+            let mut statement = conn.prepare_cached(&identical("1"))?;
+            let params: &[(&str, &dyn rusqlite::ToSql)] = &[
+                ("$1", &vendor),
+                ("$2", &actor),
+                ("$3", &action),
+                ("$4", &params_hash),
+                ("$5", &variation_key),
+            ];
+            statement.exists(params)
         })?;
         if !exists {
             return Ok(None);
         }
     }
-    sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM approvals WHERE vendor = $1 AND actor = $2 AND action = $3 AND params_hash = $4 AND status = 'pending'"
-    ))
-    .bind(vendor)
-    .bind(actor)
-    .bind(action)
-    .bind(params_hash)
-    .fetch_optional(db.pool())
-    .await?
-    .as_ref()
-    .map(record_of)
-    .transpose()
+    sqlx::query(&identical(COLUMNS))
+        .bind(vendor)
+        .bind(actor)
+        .bind(action)
+        .bind(params_hash)
+        .bind(variation_key)
+        .fetch_optional(db.pool())
+        .await?
+        .as_ref()
+        .map(record_of)
+        .transpose()
 }
 
 /// How a guardian settles a pending request.

@@ -129,9 +129,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((history.pending, flagged), (0, None));
-        let pending = crate::store::approvals::pending_with_params(&db, "v", "a", "payment", "00")
-            .await
-            .unwrap();
+        let pending =
+            crate::store::approvals::pending_with_params(&db, "v", "a", "payment", "00", "11")
+                .await
+                .unwrap();
         assert!(pending.is_none());
     }
 
