@@ -681,6 +681,18 @@ pub async fn merged_by_idempotency_key(
     .transpose()
 }
 
+/// [`pending_like`]'s statement (`$1` vendor, `$2` actor, `$3` action, `$4` variation key).
+/// Two branches, each an equality on a prefix of `approvals_one_pending` (an OR of the key and
+/// NULL would have SQLite scan the actor's whole history instead), ordered by an expression
+/// (ordered by the column itself, SQLite would pick the actor's time index to spare a sort of
+/// the few rows, and scan the history again).
+pub(crate) const PENDING_LIKE: &str = "SELECT id, params, expires_at_ms, created_at_ms + 0 FROM approvals
+     WHERE vendor = $1 AND actor = $2 AND status = 'pending' AND variation_key = $4 AND action = $3
+     UNION ALL
+     SELECT id, params, expires_at_ms, created_at_ms + 0 FROM approvals
+     WHERE vendor = $1 AND actor = $2 AND status = 'pending' AND variation_key IS NULL AND action = $3
+     ORDER BY 4, 1 LIMIT 100";
+
 /// A pending request as far as comparing params needs it (see [`pending_like`]).
 #[derive(Debug, Clone)]
 pub struct PendingParams {
@@ -704,14 +716,6 @@ pub async fn pending_like(
     action: &str,
     variation_key: &str,
 ) -> Result<Vec<PendingParams>, StoreError> {
-    // Two branches, each an equality on a prefix of `approvals_one_pending` (an OR of the key
-    // and NULL would have SQLite scan the actor's whole history instead).
-    const PENDING_LIKE: &str = "SELECT id, params, expires_at_ms, created_at_ms FROM approvals
-         WHERE vendor = $1 AND actor = $2 AND status = 'pending' AND variation_key = $4 AND action = $3
-         UNION ALL
-         SELECT id, params, expires_at_ms, created_at_ms FROM approvals
-         WHERE vendor = $1 AND actor = $2 AND status = 'pending' AND variation_key IS NULL AND action = $3
-         ORDER BY 4, 1 LIMIT 100";
     let listed: Vec<(String, String, Option<i64>)> = if let Some(direct) = db.direct() {
         direct.read(|conn| {
             let mut statement = conn.prepare_cached(PENDING_LIKE)?;
@@ -806,6 +810,24 @@ pub async fn by_idempotency_key(
     .transpose()
 }
 
+/// The statement reading `columns` of the pending request identical to a new one (`$1` vendor,
+/// `$2` actor, `$3` action, `$4` params hash, `$5` variation key): two branches, each an
+/// equality on `approvals_one_pending`, for the request with this key or one stored before
+/// requests had a key.
+pub(crate) fn identical_pending(columns: &str) -> String {
+    let branch = |key: &str| {
+        format!(
+            "SELECT {columns} FROM approvals WHERE vendor = $1 AND actor = $2 AND {key} \
+             AND action = $3 AND params_hash = $4 AND status = 'pending'"
+        )
+    };
+    format!(
+        "{} UNION ALL {}",
+        branch("variation_key = $5"),
+        branch("variation_key IS NULL")
+    )
+}
+
 /// The pending request of this actor for this action with these params (whose
 /// [`crate::approvals::action::variation_key`] is `variation_key`), if any.
 ///
@@ -819,26 +841,11 @@ pub async fn pending_with_params(
     params_hash: &str,
     variation_key: &str,
 ) -> Result<Option<ApprovalRecord>, StoreError> {
-    // Two branches, each an equality on `approvals_one_pending`: the request with this key, or
-    // one stored before requests had a key.
-    fn identical(columns: &str) -> String {
-        let branch = |key: &str| {
-            format!(
-                "SELECT {columns} FROM approvals WHERE vendor = $1 AND actor = $2 AND {key} \
-                 AND action = $3 AND params_hash = $4 AND status = 'pending'"
-            )
-        };
-        format!(
-            "{} UNION ALL {}",
-            branch("variation_key = $5"),
-            branch("variation_key IS NULL")
-        )
-    }
     // Most requests of a device with requests waiting are not one of them again: on a SQLite
     // file, ask on this thread whether there is one before reading it through the pool.
     if let Some(direct) = db.direct() {
         let exists = direct.read(|conn| {
-            let mut statement = conn.prepare_cached(&identical("1"))?;
+            let mut statement = conn.prepare_cached(&identical_pending("1"))?;
             let params: &[(&str, &dyn rusqlite::ToSql)] = &[
                 ("$1", &vendor),
                 ("$2", &actor),
@@ -852,7 +859,7 @@ pub async fn pending_with_params(
             return Ok(None);
         }
     }
-    sqlx::query(&identical(COLUMNS))
+    sqlx::query(&identical_pending(COLUMNS))
         .bind(vendor)
         .bind(actor)
         .bind(action)

@@ -137,6 +137,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_device_s_pending_requests_are_found_through_their_index() {
+        let (_dir, db) = file_db().await;
+        let direct = db.direct().expect("a file");
+        // Not through the actor's time index: that would read every request of its history.
+        for sql in [
+            crate::store::approvals::PENDING_LIKE.to_owned(),
+            crate::store::approvals::identical_pending("1"),
+        ] {
+            let plan = direct
+                .read(|conn| {
+                    let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    // The parameters stay unbound (NULL): only the plan is asked for.
+                    let mut rows = statement.raw_query();
+                    let mut lines = Vec::new();
+                    while let Some(row) = rows.next()? {
+                        lines.push(row.get::<_, String>(3)?);
+                    }
+                    Ok(lines)
+                })
+                .unwrap();
+            let searches: Vec<&String> = plan.iter().filter(|l| l.starts_with("SEARCH")).collect();
+            assert_eq!(searches.len(), 2, "{plan:?}");
+            assert!(
+                searches.iter().all(|l| l.contains("approvals_one_pending")),
+                "{plan:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn only_a_file_is_read_directly() {
         let (dir, _db) = file_db().await;
         let file = dir.path().join("host.db");
