@@ -218,36 +218,24 @@ async fn same_params_other_action(db: TestDb) {
     // Params both a ¥600 payment and a banking credential can be read from: each needs a
     // guardian, and neither is the other.
     let params = json!({"amount": 60_000, "currency": "CNY", "recipient": "bank", "service": "bank", "category": "banking"});
-    let (status, payment) = w
-        .host
-        .post(
+    let ask = |action: &str| {
+        w.host.post(
             "/v1/approvals",
             &w.teddy,
-            json!({"action": "payment", "params": params}),
+            json!({"action": action, "params": params}),
         )
-        .await;
+    };
+    let (status, payment) = ask("payment").await;
     assert_eq!(status, 202, "{payment}");
-    let (status, credential) = w
-        .host
-        .post(
-            "/v1/approvals",
-            &w.teddy,
-            json!({"action": "cred.put", "params": params}),
-        )
-        .await;
+    let (status, credential) = ask("cred.put").await;
     assert_eq!(status, 202, "{credential}");
     assert_ne!(credential["id"], payment["id"]);
     assert_eq!(credential["action"], "cred.put");
     // Each is joined by its own retry.
-    let (_, again) = w
-        .host
-        .post(
-            "/v1/approvals",
-            &w.teddy,
-            json!({"action": "cred.put", "params": params}),
-        )
-        .await;
+    let (_, again) = ask("cred.put").await;
     assert_eq!(again["id"], credential["id"], "{again}");
+    let (_, again) = ask("payment").await;
+    assert_eq!(again["id"], payment["id"], "{again}");
 }
 
 on_both_backends!(different_requests_are_not_merged, different_requests);
