@@ -971,8 +971,12 @@ impl ApprovalService {
         let (history, flagged_at) = rows::history(&self.db, &new.vendor, &new.actor, now).await?;
         // A pending request is at most a day old (the longest TTL), so one the history does not
         // count cannot exist.
-        if history.pending > 0
-            && let Some(found) = self.join_pending(&new, &params_hash).await?
+        // What the pending requests this one may join or be merged into share with it: only
+        // asked for when the device has any.
+        let variation_key =
+            (history.pending > 0).then(|| action::variation_key(&new.action, &new.params));
+        if let Some(key) = &variation_key
+            && let Some(found) = self.join_pending(&new, &params_hash, key).await?
         {
             return Ok(found);
         }
@@ -1036,8 +1040,8 @@ impl ApprovalService {
         // A tiny variation of a request still pending waits with it instead of asking the
         // guardians again. (Two variations racing may both be stored: merging is best effort,
         // joining identical requests is enforced by a unique index.)
-        let mut similar = match limit {
-            Some(_) if input.history.pending > 0 => self.similar_pending(&record).await?,
+        let mut similar = match (limit, &variation_key) {
+            (Some(_), Some(key)) => self.similar_pending(&record, key).await?,
             _ => None,
         };
         let mut attempt = record;
@@ -1067,7 +1071,10 @@ impl ApprovalService {
                     {
                         return Ok(found);
                     }
-                    if let Some(found) = self.join_pending(&new, &record.params_hash).await? {
+                    let key = variation_key
+                        .clone()
+                        .unwrap_or_else(|| action::variation_key(&new.action, &new.params));
+                    if let Some(found) = self.join_pending(&new, &record.params_hash, &key).await? {
                         return Ok(found);
                     }
                     attempt = *record;
@@ -1094,18 +1101,19 @@ impl ApprovalService {
         Ok(Requested { record, relation })
     }
 
-    /// The actor's pending request that `record` is a tiny variation of, if any.
+    /// The actor's pending request that `record` (whose `action::variation_key` is
+    /// `variation_key`) is a tiny variation of, if any.
     async fn similar_pending(
         &self,
         record: &ApprovalRecord,
+        variation_key: &str,
     ) -> Result<Option<ApprovalRecord>, ApprovalError> {
-        let key = action::variation_key(&record.action, &record.params);
         let pending = rows::pending_like(
             &self.db,
             &record.vendor,
             &record.actor,
             &record.action,
-            &key,
+            variation_key,
         )
         .await?;
         let Some(similar) = pending.into_iter().find(|p| {
@@ -1243,10 +1251,13 @@ impl ApprovalService {
         }))
     }
 
+    /// The pending request `new` is identical to (the same action and params, whose
+    /// `action::variation_key` is `variation_key`), joined, if there is one.
     async fn join_pending(
         &self,
         new: &NewRequest,
         params_hash: &str,
+        variation_key: &str,
     ) -> Result<Option<Requested>, ApprovalError> {
         let Some(found) = rows::pending_with_params(
             &self.db,
@@ -1254,7 +1265,7 @@ impl ApprovalService {
             &new.actor,
             &new.action,
             params_hash,
-            &action::variation_key(&new.action, &new.params),
+            variation_key,
         )
         .await?
         else {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection as _, Row as _};
 
-use super::{Db, StoreError, i64_of, placeholders, u64_of};
+use super::{Db, StoreError, Value, bind, i64_of, placeholders, u64_of};
 use crate::approvals::record::{
     ApprovalRecord, FiredRule, IssuedToken, Method, PluginRun, Provenance, Route, Status,
 };
@@ -716,25 +716,18 @@ pub async fn pending_like(
     action: &str,
     variation_key: &str,
 ) -> Result<Vec<PendingParams>, StoreError> {
+    let values = [
+        Value::Text(Some(vendor)),
+        Value::Text(Some(actor)),
+        Value::Text(Some(action)),
+        Value::Text(Some(variation_key)),
+    ];
     let listed: Vec<(String, String, Option<i64>)> = if let Some(direct) = db.direct() {
-        direct.read(|conn| {
-            let mut statement = conn.prepare_cached(PENDING_LIKE)?;
-            let params: &[(&str, &dyn rusqlite::ToSql)] = &[
-                ("$1", &vendor),
-                ("$2", &actor),
-                ("$3", &action),
-                ("$4", &variation_key),
-            ];
-            let rows =
-                statement.query_map(params, |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+        direct.rows(PENDING_LIKE, &values, |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })?
     } else {
-        sqlx::query(PENDING_LIKE)
-            .bind(vendor)
-            .bind(actor)
-            .bind(action)
-            .bind(variation_key)
+        bind(sqlx::query(PENDING_LIKE), &values)
             .fetch_all(db.pool())
             .await?
             .iter()
@@ -841,30 +834,21 @@ pub async fn pending_with_params(
     params_hash: &str,
     variation_key: &str,
 ) -> Result<Option<ApprovalRecord>, StoreError> {
+    let values = [
+        Value::Text(Some(vendor)),
+        Value::Text(Some(actor)),
+        Value::Text(Some(action)),
+        Value::Text(Some(params_hash)),
+        Value::Text(Some(variation_key)),
+    ];
     // Most requests of a device with requests waiting are not one of them again: on a SQLite
     // file, ask on this thread whether there is one before reading it through the pool.
-    if let Some(direct) = db.direct() {
-        let exists = direct.read(|conn| {
-            let mut statement = conn.prepare_cached(&identical_pending("1"))?;
-            let params: &[(&str, &dyn rusqlite::ToSql)] = &[
-                ("$1", &vendor),
-                ("$2", &actor),
-                ("$3", &action),
-                ("$4", &params_hash),
-                ("$5", &variation_key),
-            ];
-            statement.exists(params)
-        })?;
-        if !exists {
-            return Ok(None);
-        }
+    if let Some(direct) = db.direct()
+        && !direct.exists(&identical_pending("1"), &values)?
+    {
+        return Ok(None);
     }
-    sqlx::query(&identical_pending(COLUMNS))
-        .bind(vendor)
-        .bind(actor)
-        .bind(action)
-        .bind(params_hash)
-        .bind(variation_key)
+    bind(sqlx::query(&identical_pending(COLUMNS)), &values)
         .fetch_optional(db.pool())
         .await?
         .as_ref()
@@ -975,35 +959,24 @@ pub async fn history(
     actor: &str,
     now_ms: u64,
 ) -> Result<(History, Option<u64>), StoreError> {
-    let hour = i64_of(now_ms.saturating_sub(RATE_WINDOW_MS));
-    let day = i64_of(now_ms.saturating_sub(24 * RATE_WINDOW_MS));
-    let now = i64_of(now_ms);
+    let values = [
+        Value::Text(Some(vendor)),
+        Value::Text(Some(actor)),
+        Value::Int(i64_of(now_ms.saturating_sub(RATE_WINDOW_MS))),
+        Value::Int(i64_of(now_ms.saturating_sub(24 * RATE_WINDOW_MS))),
+        Value::Int(i64_of(now_ms)),
+    ];
     // Every request makes this read: on a SQLite file it runs on this thread (see
     // `store::direct`), elsewhere through the pool.
     let rows = if let Some(direct) = db.direct() {
-        direct.read(|conn| {
-            let mut statement = conn.prepare_cached(HISTORY)?;
-            let params: &[(&str, &dyn rusqlite::ToSql)] = &[
-                ("$1", &vendor),
-                ("$2", &actor),
-                ("$3", &hour),
-                ("$4", &day),
-                ("$5", &now),
-            ];
-            let rows =
-                statement.query_map(params, |row| HistoryRow::read(row.get(0)?, |i| row.get(i)))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+        direct.rows(HISTORY, &values, |row| {
+            HistoryRow::read(row.get(0)?, |i| row.get(i))
         })?
     } else {
-        let rows = sqlx::query(HISTORY)
-            .bind(vendor)
-            .bind(actor)
-            .bind(hour)
-            .bind(day)
-            .bind(now)
+        bind(sqlx::query(HISTORY), &values)
             .fetch_all(db.pool())
-            .await?;
-        rows.iter()
+            .await?
+            .iter()
             .map(|row| HistoryRow::read(row.try_get(0)?, |i| row.try_get(i)))
             .collect::<Result<Vec<_>, sqlx::Error>>()?
     };

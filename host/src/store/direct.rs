@@ -1,6 +1,6 @@
 //! Reads on the calling thread, for the statements requests make most on SQLite: the history
-//! read (every request) and whether an identical request is pending (every request of a device
-//! with requests waiting).
+//! read (every request), and whether an identical request is pending and which pending requests
+//! a new one may be a tiny variation of (requests of a device with requests waiting).
 //!
 //! sqlx runs each SQLite statement on its connection's own thread: the statement goes over a
 //! channel to that thread and each row comes back over another, two thread switches at least
@@ -18,7 +18,7 @@ use std::sync::{Mutex, PoisonError};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{SQLITE_PRAGMAS, StoreError};
+use super::{SQLITE_PRAGMAS, StoreError, Value};
 
 /// Idle connections kept for the next read (one per tokio worker is what a busy host uses).
 const IDLE: usize = 4;
@@ -65,6 +65,32 @@ impl DirectReads {
         Ok(out?)
     }
 
+    /// The rows of `sql` (placeholders `$1`, `$2`, … bound to `values` in order, as the pool's
+    /// driver binds them), each through `row`, on this thread.
+    ///
+    /// # Errors
+    /// The file cannot be opened, or the statement failed.
+    pub(crate) fn rows<T>(
+        &self,
+        sql: &str,
+        values: &[Value<'_>],
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(sql)?;
+            let rows = statement.query_map(&*named(values), row)?;
+            rows.collect()
+        })
+    }
+
+    /// Whether `sql` (bound as in [`Self::rows`]) returns a row, on this thread.
+    ///
+    /// # Errors
+    /// The file cannot be opened, or the statement failed.
+    pub(crate) fn exists(&self, sql: &str, values: &[Value<'_>]) -> Result<bool, StoreError> {
+        self.read(|conn| conn.prepare_cached(sql)?.exists(&*named(values)))
+    }
+
     fn open(&self) -> Result<Connection, StoreError> {
         let conn = Connection::open_with_flags(
             &self.path,
@@ -75,6 +101,18 @@ impl DirectReads {
         conn.pragma_update(None, "query_only", true)?;
         Ok(conn)
     }
+}
+
+/// `values` by their names `$1`, `$2`, … (SQLite numbers named parameters in the order they
+/// first appear, which is not always theirs).
+fn named<'v>(values: &'v [Value<'_>]) -> Vec<(&'static str, &'v dyn rusqlite::ToSql)> {
+    const NAMES: [&str; 9] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9"];
+    debug_assert!(values.len() <= NAMES.len(), "more values than names");
+    NAMES
+        .iter()
+        .zip(values)
+        .map(|(name, value)| (*name, value as &dyn rusqlite::ToSql))
+        .collect()
 }
 
 #[cfg(test)]
@@ -159,8 +197,11 @@ mod tests {
                 .unwrap();
             let searches: Vec<&String> = plan.iter().filter(|l| l.starts_with("SEARCH")).collect();
             assert_eq!(searches.len(), 2, "{plan:?}");
+            // By the variation key too, not every pending request of the actor.
             assert!(
-                searches.iter().all(|l| l.contains("approvals_one_pending")),
+                searches
+                    .iter()
+                    .all(|l| l.contains("approvals_one_pending") && l.contains("variation_key=?")),
                 "{plan:?}"
             );
         }

@@ -189,12 +189,34 @@ pub(crate) fn placeholders(conn: &AnyConnection, rows: usize, columns: usize) ->
     sql
 }
 
-/// A value bound to one of [`Statements`]' placeholders.
+/// A value bound to a placeholder: of [`Statements`], or of a read that runs through the pool
+/// or on the calling thread (see [`direct::DirectReads::rows`]), by the same list.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Value<'a> {
     Int(i64),
     Bytes(&'a [u8]),
     Text(Option<&'a str>),
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Value::Int(v) => ValueRef::Integer(v),
+            Value::Bytes(v) => ValueRef::Blob(v),
+            Value::Text(Some(v)) => ValueRef::Text(v.as_bytes()),
+            Value::Text(None) => ValueRef::Null,
+        }))
+    }
+}
+
+/// `query` with `values` bound in order.
+pub(crate) fn bind<'q>(query: AnyQuery<'q>, values: &[Value<'q>]) -> AnyQuery<'q> {
+    values.iter().fold(query, |query, value| match *value {
+        Value::Int(v) => query.bind(v),
+        Value::Bytes(v) => query.bind(v),
+        Value::Text(v) => query.bind(v),
+    })
 }
 
 /// Statements run in order in the caller's transaction, in as few round trips to the database
@@ -240,13 +262,6 @@ impl<'a> Statements<'a> {
     /// # Errors
     /// A database failure: the statements before the failing one have run.
     pub(crate) async fn run(self, conn: &mut AnyConnection) -> Result<Vec<AnyRow>, StoreError> {
-        fn bind<'q>(query: AnyQuery<'q>, values: &[Value<'q>]) -> AnyQuery<'q> {
-            values.iter().fold(query, |query, value| match *value {
-                Value::Int(v) => query.bind(v),
-                Value::Bytes(v) => query.bind(v),
-                Value::Text(v) => query.bind(v),
-            })
-        }
         if self.sql.is_empty() {
             return Ok(Vec::new());
         }
@@ -263,7 +278,7 @@ impl<'a> Statements<'a> {
     }
 }
 
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 /// A millisecond time or count as the database's signed 64-bit integer (saturating).
 pub(crate) fn i64_of(value: u64) -> i64 {
