@@ -90,7 +90,12 @@ impl Server {
         let log_dir = std::env::var_os("APPROVAL_HOST_BENCH_LOG_DIR")
             .map_or_else(|| data.to_owned(), PathBuf::from);
         let log = std::fs::File::create(log_dir.join(format!("host-{port}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_approval-host"))
+        // `APPROVAL_HOST_BENCH_BIN`: another build of the host (an A/B pair of binaries).
+        let binary = std::env::var_os("APPROVAL_HOST_BENCH_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_approval-host")),
+            PathBuf::from,
+        );
+        let child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")
