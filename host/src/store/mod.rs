@@ -28,6 +28,10 @@ use direct::DirectReads;
 /// many rows (the sweep settles a thousand) keeps a journal of the pages it changes, to undo
 /// the statement alone, and beyond 64 KiB SQLite spills that journal to a temporary file,
 /// written and discarded at every statement (3 MB a sweep batch, a third of its writes).
+/// The write-ahead log is copied back into the file by the commit that grows it past 1,000
+/// pages (SQLite's default), on purpose: a log starts again only when a writer begins with all
+/// of it copied, and a checkpoint on another connection always ends behind the audit writer's
+/// back-to-back batches (the log grew to gigabytes; BENCHMARKS.md, round 8).
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768; \
     PRAGMA temp_store = MEMORY;";
