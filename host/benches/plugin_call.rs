@@ -112,15 +112,12 @@ fn expect_allow(verdict: &Verdict) {
     assert_eq!(verdict.reason, "no velocity rule fired");
 }
 
-/// Compiles and describes a component as acme-toys' plugin, version 1.
-fn load(
-    tokio: &tokio::runtime::Runtime,
-    rt: &PluginRuntime,
-    bytes: &[u8],
-    limits: &PluginLimits,
-) -> LoadedPlugin {
+/// Compiles and describes a component as acme-toys' plugin, version 1, as an upload does.
+fn load(tokio: &tokio::runtime::Runtime, rt: &PluginRuntime, bytes: &[u8]) -> LoadedPlugin {
     let compiled = rt.compile(bytes).unwrap();
-    let info = tokio.block_on(rt.describe(&compiled, limits)).unwrap();
+    let info = tokio
+        .block_on(rt.describe(&compiled, &PluginLimits::at_upload()))
+        .unwrap();
     LoadedPlugin::new("acme-toys", 1, compiled, info)
 }
 
@@ -150,7 +147,7 @@ fn bench_plugin_call(c: &mut Criterion) {
     let rt = PluginRuntime::new(RuntimeConfig::default()).unwrap();
     let bytes = std::fs::read(VELOCITY).unwrap_or_else(|e| panic!("{VELOCITY}: {e}"));
     let limits = PluginLimits::default();
-    let plugin = load(&tokio, &rt, &bytes, &limits);
+    let plugin = load(&tokio, &rt, &bytes);
     let input = bench_input();
 
     // Every path must give the same answer before it is timed.
@@ -194,10 +191,11 @@ fn bench_plugin_call(c: &mut Criterion) {
     group.bench_function("native_rust", |b| {
         b.iter(|| native::classify(black_box(&input)).unwrap());
     });
+    let at_upload = PluginLimits::at_upload();
     group.bench_function("fresh_describe_call", |b| {
         b.iter(|| {
-            match tokio.block_on(rt.describe(black_box(&plugin.compiled), &limits)) {
-                // On a loaded machine, one call in a million may be descheduled past the 10 ms
+            match tokio.block_on(rt.describe(black_box(&plugin.compiled), &at_upload)) {
+                // On a loaded machine, one call in a million may be descheduled past the
                 // deadline (fresh_instance_call reports such a call instead of failing).
                 Ok(_) | Err(UploadError::DescribeFailed(PluginError::Deadline { .. })) => {}
                 Err(other) => panic!("describe failed: {other:?}"),
@@ -436,7 +434,7 @@ fn bench_python_plugin(c: &mut Criterion) {
     // The same default limits as the Rust plugin: CPython fits them (about 370,000 fuel and
     // 1 ms a call).
     let limits = PluginLimits::default();
-    let plugin = load(&tokio, &rt, &bytes, &limits);
+    let plugin = load(&tokio, &rt, &bytes);
     let input = bench_input();
     let report = tokio.block_on(rt.classify(&plugin, &input, &limits));
     let verdict = report.outcome.as_ref().unwrap();

@@ -358,7 +358,8 @@ fn runtime(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<PluginRuntime>> {
 async fn load(rt: &PluginRuntime, file: &Path) -> anyhow::Result<LoadedPlugin> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let compiled = rt.compile(&bytes)?;
-    let info = rt.describe(&compiled, &PluginLimits::default()).await?;
+    // As an upload would: a plugin this accepts, the host accepts.
+    let info = rt.describe(&compiled, &PluginLimits::at_upload()).await?;
     Ok(LoadedPlugin::new("local", 0, compiled, info))
 }
 

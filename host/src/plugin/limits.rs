@@ -47,6 +47,17 @@ impl PluginLimits {
         }
     }
 
+    /// The limits `describe()` runs under when a plugin is uploaded, and when a vendor checks one
+    /// with `approval-host plugin check`: the defaults, with the platform's longest deadline.
+    /// Uploads are rare and may land on a busy host, and a large component (CPython, built by
+    /// componentize-py) can take more than the default 10 ms to start on a slow one.
+    pub fn at_upload() -> Self {
+        Self {
+            deadline: Self::platform_max().deadline,
+            ..Self::default()
+        }
+    }
+
     /// These limits, each clamped to at most the matching field of `max`.
     pub fn clamped_to(self, max: &PluginLimits) -> Self {
         Self {
@@ -81,5 +92,18 @@ mod tests {
         assert_eq!(got.memory_bytes, max.memory_bytes);
         assert_eq!(got.max_input_bytes, 1, "tighter limits are kept");
         assert_eq!(got.log_bytes, 10);
+    }
+
+    #[test]
+    fn describe_at_upload_gets_the_longest_deadline_and_default_budgets() {
+        let upload = PluginLimits::at_upload();
+        assert_eq!(upload.deadline, Duration::from_millis(250));
+        assert_eq!(
+            PluginLimits {
+                deadline: PluginLimits::default().deadline,
+                ..upload
+            },
+            PluginLimits::default()
+        );
     }
 }

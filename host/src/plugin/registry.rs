@@ -126,11 +126,7 @@ impl PluginRegistry {
             runtime,
             db,
             audit,
-            // Uploads are rare and may land on a busy host: give describe() the longest deadline.
-            describe_limits: PluginLimits {
-                deadline: PluginLimits::platform_max().deadline,
-                ..PluginLimits::default()
-            },
+            describe_limits: PluginLimits::at_upload(),
             live: RwLock::default(),
             compiled: Mutex::default(),
             changes: tokio::sync::Mutex::new(()),
