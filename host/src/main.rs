@@ -2,6 +2,9 @@
 //! library. Everything else lives in the library (see ARCHITECTURE.md).
 
 mod cli;
+// The one place the host calls C directly: an option SQLite takes only through `sqlite3_config`.
+#[allow(unsafe_code)]
+mod sqlite_memory;
 
 use clap::Parser as _;
 
@@ -9,6 +12,8 @@ use clap::Parser as _;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    // First: SQLite takes the option only before it starts.
+    let statistics = sqlite_memory::turn_off_statistics();
     let args = cli::Cli::parse();
     // A server logs each request; a one-shot command only what went wrong. RUST_LOG overrides.
     let default = if args.serves() { "info" } else { "warn" };
@@ -19,6 +24,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Err(code) = statistics {
+        tracing::warn!(code, "SQLite keeps counting its memory (slower)");
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(cli::run(args))
 }
