@@ -4,9 +4,10 @@
 //! unless told not to (the bundled `libsqlite3-sys` leaves the counting on), and the host uses
 //! SQLite from several threads at once: the readers on the tokio workers (`store::direct`) and
 //! sqlx's connection threads, the audit writer's among them. The host never reads the counts
-//! (no soft heap limit, no `sqlite3_memory_used`); off, a decision took a fifth less CPU and
-//! the peak rose 1.24× (BENCHMARKS.md, round 9). The option must be set before SQLite starts,
-//! so `main` calls this first. The library and its tests keep SQLite's default.
+//! (no soft heap limit, no `sqlite3_memory_used`); off, a decision took about a seventh less of
+//! the host's CPU and the peak rose 1.23× (BENCHMARKS.md, round 9). The option must be set
+//! before SQLite starts, so `main` calls this first. The library and its tests keep SQLite's
+//! default.
 
 use std::ffi::c_int;
 

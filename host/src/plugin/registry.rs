@@ -93,8 +93,6 @@ pub struct PluginRegistry {
     db: Db,
     /// Uploads and state changes are recorded with the writes that make them.
     audit: Arc<AuditLog>,
-    /// Limits `describe()` runs under at upload.
-    describe_limits: PluginLimits,
     /// Each vendor's live snapshot, replaced whole on every change.
     live: RwLock<HashMap<String, Arc<VendorPlugins>>>,
     /// The compiled components of live (active or shadow) versions by sha256, shared by every
@@ -126,7 +124,6 @@ impl PluginRegistry {
             runtime,
             db,
             audit,
-            describe_limits: PluginLimits::at_upload(),
             live: RwLock::default(),
             compiled: Mutex::default(),
             changes: tokio::sync::Mutex::new(()),
@@ -198,7 +195,7 @@ impl PluginRegistry {
         let compiled = self.compile(bytes.to_vec()).await?;
         let info = self
             .runtime
-            .describe(&compiled, &self.describe_limits)
+            .describe(&compiled, &PluginLimits::at_upload())
             .await?;
         let (vendor_owned, sha, bytes_owned) =
             (vendor.to_owned(), compiled.sha256_hex(), bytes.to_vec());
