@@ -3512,7 +3512,7 @@ async fn oversized(w: &World) -> Figures {
         (Method::POST, "/mcp".to_owned(), Who::Agent),
     ];
     for (method, path, who) in calls {
-        // A client of its own: the host answers before reading the body and closes.
+        // A client of its own: the host refuses once the limit is passed and closes.
         let client = reqwest::Client::new();
         let mut body = b"{\"a\":\"".to_vec();
         body.resize(2 << 20, b'x');

@@ -9,13 +9,14 @@
 //! - [`console`]: the web console's assets, built into the binary;
 //! - [`mcp`]: the MCP server for LLM agents;
 //! - [`webhooks`]: signed deliveries to vendors' guardian apps;
-//! - [`auth`], [`error`], [`views`], [`metrics`]: the boundary's machinery.
+//! - [`auth`], [`error`], [`views`], [`metrics`], [`drain`]: the boundary's machinery.
 //!
 //! Architecture invariant: only `http` knows the API's JSON; domain types have no serde.
 
 pub mod agent;
 pub mod auth;
 pub mod console;
+pub mod drain;
 pub mod error;
 pub mod guardian;
 pub mod mcp;
@@ -173,6 +174,7 @@ pub fn router(state: AppState) -> Router {
         .nest_service("/mcp", mcp::service(Arc::clone(&state)))
         .fallback(public::not_found)
         .layer(axum::middleware::from_fn(refuse_nul))
+        .layer(axum::middleware::from_fn(drain::drain_unread))
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
