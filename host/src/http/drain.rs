@@ -41,10 +41,10 @@ pub async fn drain_unread(request: Request, next: Next) -> Response {
     let shared = Body::new(Shared(Arc::clone(&slot)));
     let response = next.run(Request::from_parts(parts, shared)).await;
     let rest = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-    if let Some(rest) = rest {
-        if !http_body::Body::is_end_stream(&rest) {
-            let _ = tokio::time::timeout(DRAIN_TIME, discard(rest)).await;
-        }
+    if let Some(rest) = rest
+        && !http_body::Body::is_end_stream(&rest)
+    {
+        let _ = tokio::time::timeout(DRAIN_TIME, discard(rest)).await;
     }
     response
 }
