@@ -448,6 +448,9 @@ async fn open_loop(url: &str, tokens: &[String], rate: f64, seconds: f64) -> (Ve
     let interval = Duration::from_secs_f64(1.0 / rate);
     let total = (rate * seconds) as usize;
     let started = Instant::now();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let mut handles = Vec::with_capacity(total);
     for i in 0..total {
         let due = started + interval * u32::try_from(i).unwrap();
@@ -475,9 +478,10 @@ async fn open_loop(url: &str, tokens: &[String], rate: f64, seconds: f64) -> (Ve
         errors += u64::from(!ok);
     }
     // `APPROVAL_HOST_BENCH_TIMELINE=file`: each request's due time and latency (ms), to see
-    // when the slow ones happen.
+    // when the slow ones happen (the first line: the Unix time of the first one's due time).
     if let Some(path) = std::env::var_os("APPROVAL_HOST_BENCH_TIMELINE") {
-        let lines: String = latencies
+        let mut lines = format!("# started {started_unix:.4}\n");
+        lines += &latencies
             .iter()
             .enumerate()
             .map(|(i, ms)| {
@@ -486,7 +490,7 @@ async fn open_loop(url: &str, tokens: &[String], rate: f64, seconds: f64) -> (Ve
                     i as f64 * interval.as_secs_f64() * 1000.0
                 )
             })
-            .collect();
+            .collect::<String>();
         std::fs::write(path, lines).unwrap();
     }
     latencies.sort_by(f64::total_cmp);

@@ -149,6 +149,9 @@ pub enum AuditError {
     Inconsistent(String),
     #[error("no audit entries for this approval")]
     NoEntries,
+    /// The writers' thread could not be started (the OS refused a thread).
+    #[error("the audit writer's thread could not start: {0}")]
+    Writer(String),
 }
 
 /// One entry of a receipt, with its inclusion proof.
@@ -264,6 +267,8 @@ pub struct AuditLog {
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     /// The writer tasks, awaited on close.
     writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The thread the writer tasks run on (see [`WriterThread`]); stops when the log is dropped.
+    _thread: WriterThread,
     /// One checkpoint signing at a time in this process (replicas may race; the table keeps one
     /// row per size).
     signing: tokio::sync::Mutex<()>,
@@ -318,9 +323,10 @@ impl AuditLog {
             Backend::Sqlite => 1,
             Backend::Postgres => 4,
         });
+        let thread = WriterThread::start()?;
         let writers = (0..count.max(1))
             .map(|_| {
-                tokio::spawn(writer(
+                thread.handle.spawn(writer(
                     db.clone(),
                     Arc::clone(&receiver),
                     Arc::clone(&edge),
@@ -335,6 +341,7 @@ impl AuditLog {
             config,
             queue: Mutex::new(Some(sender)),
             writers: Mutex::new(writers),
+            _thread: thread,
             signing: tokio::sync::Mutex::new(()),
         }))
     }
@@ -750,6 +757,45 @@ impl AuditLog {
     /// A database failure or a write error.
     pub async fn export(&self, out: &mut (dyn std::io::Write + Send)) -> Result<u64, AuditError> {
         verify::export(&self.db, self.key.origin(), self.key.vkey(), out).await
+    }
+}
+
+/// A thread of the writers' own, with a runtime of its own. On the request handlers' workers
+/// a writer task waits behind every request task that is ready to run each time one of its
+/// statements returns (a batch takes several such turns), so when requests pile up, batches slow
+/// down just when they must speed up: at 3,800 requests/s on 2 cores, a hiccup of a few
+/// milliseconds grew into a stall of hundreds (BENCHMARKS.md, round 10). Here a writer's turn
+/// comes as soon as the OS runs its thread.
+struct WriterThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the log: the thread's runtime then stops (its writers have ended at close).
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl WriterThread {
+    fn start() -> Result<Self, AuditError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| AuditError::Writer(e.to_string()))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(|e| AuditError::Writer(e.to_string()))?;
+        Ok(Self {
+            handle,
+            _stop: stop,
+        })
+    }
+}
+
+impl std::fmt::Debug for WriterThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterThread")
     }
 }
 
