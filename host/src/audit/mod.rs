@@ -616,7 +616,18 @@ impl AuditLog {
         let mut at = from;
         while at < size {
             let started = Instant::now();
-            let page = rows::entries(&self.db, at, size.min(at + PAGE)).await?;
+            let to = size.min(at + PAGE);
+            // On a SQLite file, read on a blocking thread: through sqlx a page's 2,000 rows are
+            // as many messages to a task on the request workers (15-20 ms of their time a page
+            // at the peak, enough to start a pile-up there; BENCHMARKS.md, round 10).
+            let db = self.db.clone();
+            let here = tokio::task::spawn_blocking(move || rows::entries_here(&db, at, to))
+                .await
+                .map_err(|e| AuditError::Inconsistent(format!("reading entries from {at}: {e}")))?;
+            let page = match here {
+                Some(page) => page?,
+                None => rows::entries(&self.db, at, to).await?,
+            };
             if page.first().map(|e| e.index) != Some(at)
                 || page.windows(2).any(|w| w[1].index != w[0].index + 1)
             {

@@ -316,7 +316,7 @@ fn entry_of(row: &AnyRow) -> Result<StoredEntry, StoreError> {
 /// # Errors
 /// A database failure.
 pub async fn entries(db: &Db, from: u64, to: u64) -> Result<Vec<StoredEntry>, StoreError> {
-    sqlx::query("SELECT idx, entry FROM audit_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx")
+    sqlx::query(ENTRIES)
         .bind(i64_of(from))
         .bind(i64_of(to))
         .fetch_all(db.pool())
@@ -324,6 +324,25 @@ pub async fn entries(db: &Db, from: u64, to: u64) -> Result<Vec<StoredEntry>, St
         .iter()
         .map(entry_of)
         .collect()
+}
+
+const ENTRIES: &str =
+    "SELECT idx, entry FROM audit_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx";
+
+/// As [`entries`], but on the calling thread (a blocking one: a page takes milliseconds) for a
+/// SQLite file; `None` where the database has no such reads (PostgreSQL, an in-memory file).
+/// Through sqlx each of a page's rows is a message from the connection's thread to the task.
+///
+/// # Errors
+/// A database failure.
+pub fn entries_here(db: &Db, from: u64, to: u64) -> Option<Result<Vec<StoredEntry>, StoreError>> {
+    let values = [Value::Int(i64_of(from)), Value::Int(i64_of(to))];
+    Some(db.direct()?.rows(ENTRIES, &values, |row| {
+        Ok(StoredEntry {
+            index: u64_of(row.get(0)?),
+            bytes: row.get(1)?,
+        })
+    }))
 }
 
 /// The index of the first stored entry at or after `from`, if any.
