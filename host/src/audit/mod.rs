@@ -323,10 +323,10 @@ impl AuditLog {
             Backend::Sqlite => 1,
             Backend::Postgres => 4,
         });
-        let thread = WriterThread::start()?;
+        let (thread, runtime) = WriterThread::start()?;
         let writers = (0..count.max(1))
             .map(|_| {
-                thread.handle.spawn(writer(
+                runtime.spawn(writer(
                     db.clone(),
                     Arc::clone(&receiver),
                     Arc::clone(&edge),
@@ -618,13 +618,19 @@ impl AuditLog {
             let started = Instant::now();
             let to = size.min(at + PAGE);
             // On a SQLite file, read on a blocking thread: through sqlx a page's 2,000 rows are
-            // as many messages to a task on the request workers (15-20 ms of their time a page
-            // at the peak, enough to start a pile-up there; BENCHMARKS.md, round 10).
-            let db = self.db.clone();
-            let here = tokio::task::spawn_blocking(move || rows::entries_here(&db, at, to))
-                .await
-                .map_err(|e| AuditError::Inconsistent(format!("reading entries from {at}: {e}")))?;
-            let page = match here {
+            // as many messages to a task on the request workers (10-20 ms of their time a page
+            // at the peak; BENCHMARKS.md, round 10).
+            let page = if self.db.direct().is_some() {
+                let db = self.db.clone();
+                tokio::task::spawn_blocking(move || rows::entries_here(&db, at, to))
+                    .await
+                    .map_err(|e| {
+                        AuditError::Inconsistent(format!("reading entries from {at}: {e}"))
+                    })?
+            } else {
+                None
+            };
+            let page = match page {
                 Some(page) => page?,
                 None => rows::entries(&self.db, at, to).await?,
             };
@@ -779,13 +785,13 @@ impl AuditLog {
 /// comes as soon as the OS runs its thread. (A PostgreSQL connection the pool opens for a
 /// writer is served by this runtime's I/O driver, which runs as long as the log does.)
 struct WriterThread {
-    handle: tokio::runtime::Handle,
     /// Dropped with the log: the thread's runtime then stops (its writers have ended at close).
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl WriterThread {
-    fn start() -> Result<Self, AuditError> {
+    /// Starts the thread; gives it and its runtime, to spawn the writers on.
+    fn start() -> Result<(Self, tokio::runtime::Handle), AuditError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -798,16 +804,7 @@ impl WriterThread {
                 let _ = runtime.block_on(stopped);
             })
             .map_err(|e| AuditError::Writer(e.to_string()))?;
-        Ok(Self {
-            handle,
-            _stop: stop,
-        })
-    }
-}
-
-impl std::fmt::Debug for WriterThread {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WriterThread")
+        Ok((Self { _stop: stop }, handle))
     }
 }
 

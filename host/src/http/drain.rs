@@ -36,6 +36,10 @@ pub const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// The middleware: hands the handler a body it can read as usual, and after the handler has
 /// answered reads whatever it left, within the bounds above.
 pub async fn drain_unread(request: Request, next: Next) -> Response {
+    // Most requests (every GET) have no body: nothing could be left, so nothing to wrap.
+    if http_body::Body::is_end_stream(request.body()) {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let slot = Arc::new(Mutex::new(Some(body)));
     let shared = Body::new(Shared(Arc::clone(&slot)));
