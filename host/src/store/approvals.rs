@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection as _, Row as _};
 
-use super::{Db, StoreError, Value, bind, i64_of, placeholders, u64_of};
+use super::{Db, StoreError, Value, bind, i64_of, one_off, placeholders, u64_of};
 use crate::approvals::record::{
     ApprovalRecord, FiredRule, IssuedToken, Method, PluginRun, Provenance, Route, Status,
 };
@@ -364,7 +364,7 @@ pub async fn insert_answered(
         );
         let query = chunk
             .iter()
-            .fold(sqlx::query(&sql), |query, r| bind_record(query, r));
+            .fold(one_off(&sql), |query, r| bind_record(query, r));
         // Nearly always every record is stored, which the count says. (`RETURNING id` would
         // say which, but sqlx hands each returned row over from SQLite's thread on its own.)
         let inserted = query.execute(&mut *conn).await?.rows_affected();
@@ -379,7 +379,7 @@ pub async fn insert_answered(
         );
         let query = chunk
             .iter()
-            .fold(sqlx::query(&sql), |query, r| query.bind(r.id.as_str()));
+            .fold(one_off(&sql), |query, r| query.bind(r.id.as_str()));
         let found: std::collections::HashSet<String> = query
             .fetch_all(&mut *conn)
             .await?

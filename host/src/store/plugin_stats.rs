@@ -5,7 +5,7 @@
 
 use sqlx::{AnyConnection, Row as _};
 
-use super::{Db, StoreError, i64_of, placeholders, u64_of};
+use super::{Db, StoreError, i64_of, one_off, placeholders, u64_of};
 use crate::approvals::record::ApprovalRecord;
 
 /// Calls per multi-row insert.
@@ -29,7 +29,7 @@ pub async fn insert_calls(
              VALUES {} ON CONFLICT DO NOTHING",
             placeholders(conn, chunk.len(), 10)
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = one_off(&sql);
         for (record, run) in chunk {
             query = query
                 .bind(record.id.clone())
