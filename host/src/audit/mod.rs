@@ -616,24 +616,7 @@ impl AuditLog {
         let mut at = from;
         while at < size {
             let started = Instant::now();
-            let to = size.min(at + PAGE);
-            // On a SQLite file, read on a blocking thread: through sqlx a page's 2,000 rows are
-            // as many messages to a task on the request workers (10-20 ms of their time a page
-            // at the peak; BENCHMARKS.md, round 10).
-            let page = if self.db.direct().is_some() {
-                let db = self.db.clone();
-                tokio::task::spawn_blocking(move || rows::entries_here(&db, at, to))
-                    .await
-                    .map_err(|e| {
-                        AuditError::Inconsistent(format!("reading entries from {at}: {e}"))
-                    })?
-            } else {
-                None
-            };
-            let page = match page {
-                Some(page) => page?,
-                None => rows::entries(&self.db, at, to).await?,
-            };
+            let page = rows::entries(&self.db, at, size.min(at + PAGE)).await?;
             if page.first().map(|e| e.index) != Some(at)
                 || page.windows(2).any(|w| w[1].index != w[0].index + 1)
             {

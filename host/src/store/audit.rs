@@ -311,11 +311,29 @@ fn entry_of(row: &AnyRow) -> Result<StoredEntry, StoreError> {
 }
 
 /// Entries `from..to` in index order (those that exist); callers page (a few thousand at a
-/// time).
+/// time). On a SQLite file the page is read on a blocking thread over the calling-thread
+/// connections (`store::direct`): through sqlx each of its rows would be a message from the
+/// connection's thread to the calling task, 10-20 ms of the request workers' time a page at the
+/// peak (BENCHMARKS.md, round 10).
 ///
 /// # Errors
 /// A database failure.
 pub async fn entries(db: &Db, from: u64, to: u64) -> Result<Vec<StoredEntry>, StoreError> {
+    const ENTRIES: &str =
+        "SELECT idx, entry FROM audit_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx";
+    if let Some(direct) = db.direct.clone() {
+        return tokio::task::spawn_blocking(move || {
+            let values = [Value::Int(i64_of(from)), Value::Int(i64_of(to))];
+            direct.rows(ENTRIES, &values, |row| {
+                Ok(StoredEntry {
+                    index: u64_of(row.get(0)?),
+                    bytes: row.get(1)?,
+                })
+            })
+        })
+        .await
+        .map_err(|_| sqlx::Error::WorkerCrashed)?;
+    }
     sqlx::query(ENTRIES)
         .bind(i64_of(from))
         .bind(i64_of(to))
@@ -324,25 +342,6 @@ pub async fn entries(db: &Db, from: u64, to: u64) -> Result<Vec<StoredEntry>, St
         .iter()
         .map(entry_of)
         .collect()
-}
-
-const ENTRIES: &str =
-    "SELECT idx, entry FROM audit_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx";
-
-/// As [`entries`], but on the calling thread (a blocking one: a page takes milliseconds) for a
-/// SQLite file; `None` where the database has no such reads (PostgreSQL, an in-memory file).
-/// Through sqlx each of a page's rows is a message from the connection's thread to the task.
-///
-/// # Errors
-/// A database failure.
-pub fn entries_here(db: &Db, from: u64, to: u64) -> Option<Result<Vec<StoredEntry>, StoreError>> {
-    let values = [Value::Int(i64_of(from)), Value::Int(i64_of(to))];
-    Some(db.direct()?.rows(ENTRIES, &values, |row| {
-        Ok(StoredEntry {
-            index: u64_of(row.get(0)?),
-            bytes: row.get(1)?,
-        })
-    }))
 }
 
 /// The index of the first stored entry at or after `from`, if any.
