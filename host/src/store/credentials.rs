@@ -4,7 +4,7 @@
 use sqlx::Row as _;
 
 use super::cache::Topic;
-use super::{Db, StoreError, i64_of};
+use super::{Db, StoreError, Value, i64_of};
 
 /// Stores a vendor API key's hash.
 ///
@@ -96,15 +96,26 @@ pub async fn actor_of_token(
     db: &Db,
     token_sha256: &str,
 ) -> Result<Option<(String, String)>, StoreError> {
-    sqlx::query(
-        "SELECT vendor, actor FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at_ms IS NULL",
-    )
-    .bind(token_sha256)
-    .fetch_optional(db.pool())
-    .await?
-    .map(|r| Ok((r.try_get("vendor")?, r.try_get("actor")?)))
-    .transpose()
+    // Every request of an agent whose token is not cached makes this read: on a SQLite file it
+    // runs on this thread (see `store::direct`), elsewhere through the pool.
+    if let Some(direct) = db.direct() {
+        return Ok(direct
+            .rows(ACTOR_OF_TOKEN, &[Value::Text(Some(token_sha256))], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .pop());
+    }
+    sqlx::query(ACTOR_OF_TOKEN)
+        .bind(token_sha256)
+        .fetch_optional(db.pool())
+        .await?
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .transpose()
 }
+
+/// The vendor and actor of an unrevoked token (`$1` its SHA-256): a lookup in its primary key.
+const ACTOR_OF_TOKEN: &str =
+    "SELECT vendor, actor FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at_ms IS NULL";
 
 /// Revokes every token of an actor; returns how many were revoked.
 ///

@@ -175,6 +175,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_uncached_agent_s_credential_and_settings_are_read_without_the_pool() {
+        use crate::store::{credentials, directory};
+        let (_dir, db) = file_db().await;
+        directory::create_vendor(&db, "v", "Vendor", 1)
+            .await
+            .unwrap();
+        let actor = directory::ActorRow {
+            vendor: "v".into(),
+            id: "toy".into(),
+            context_tags: vec!["child".into(), "family-device".into()],
+            guardians: Vec::new(),
+        };
+        directory::upsert_actor(&db, &actor, 1).await.unwrap();
+        credentials::insert_agent_token(&db, ("v", "toy"), "aa", 1)
+            .await
+            .unwrap();
+        credentials::insert_agent_token(&db, ("v", "toy"), "bb", 1)
+            .await
+            .unwrap();
+        credentials::revoke_agent_tokens(&db, ("v", "toy"), 2)
+            .await
+            .unwrap();
+        credentials::insert_agent_token(&db, ("v", "toy"), "cc", 3)
+            .await
+            .unwrap();
+        let mut conn = db.pool().acquire().await.unwrap();
+        let overrides = directory::DocumentKind::Overrides {
+            vendor: "v",
+            actor: "toy",
+        };
+        for doc in [r#"{"one":1}"#, r#"{"two":2}"#] {
+            directory::insert_document(&mut conn, overrides, doc, "parent", 4)
+                .await
+                .unwrap();
+        }
+        drop(conn);
+        // With the pool closed, only the reads on the calling thread can answer.
+        db.pool().close().await;
+        let found = credentials::actor_of_token(&db, "cc").await.unwrap();
+        assert_eq!(found, Some(("v".to_owned(), "toy".to_owned())));
+        for revoked_or_unknown in ["aa", "zz"] {
+            let found = credentials::actor_of_token(&db, revoked_or_unknown).await;
+            assert_eq!(found.unwrap(), None, "{revoked_or_unknown}");
+        }
+        let settings = directory::actor_settings(&db, "v", "toy").await.unwrap();
+        assert_eq!(
+            settings,
+            Some(directory::ActorSettingsRow {
+                context_tags: actor.context_tags.clone(),
+                overrides: Some((2, r#"{"two":2}"#.to_owned())),
+            })
+        );
+        assert_eq!(
+            directory::actor_settings(&db, "v", "nobody").await.unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
     async fn a_device_s_pending_requests_are_found_through_their_index() {
         let (_dir, db) = file_db().await;
         let direct = db.direct().expect("a file");

@@ -4,7 +4,7 @@
 use sqlx::{AnyConnection, Connection as _, Row as _};
 
 use super::cache::Topic;
-use super::{Db, StoreError, i64_of, u64_of};
+use super::{Db, StoreError, Value, i64_of, u64_of};
 
 /// A registered actor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +90,11 @@ pub async fn upsert_actor(db: &Db, actor: &ActorRow, now_ms: u64) -> Result<(), 
 }
 
 fn tags_of(row: &sqlx::any::AnyRow) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(&row.try_get::<String, _>("context_tags")?)
-        .map_err(|e| StoreError::Corrupt(format!("actor tags: {e}")))
+    tags_from(&row.try_get::<String, _>("context_tags")?)
+}
+
+fn tags_from(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("actor tags: {e}")))
 }
 
 fn version_of(version: i64) -> Result<u32, StoreError> {
@@ -116,28 +119,49 @@ pub async fn actor_settings(
     vendor: &str,
     id: &str,
 ) -> Result<Option<ActorSettingsRow>, StoreError> {
-    let Some(row) = sqlx::query(
-        "SELECT a.context_tags, o.version, o.document FROM actors a
-         LEFT JOIN actor_overrides o ON o.vendor = a.vendor AND o.actor = a.id AND o.version =
-             (SELECT MAX(m.version) FROM actor_overrides m WHERE m.vendor = a.vendor AND m.actor = a.id)
-         WHERE a.vendor = $1 AND a.id = $2",
-    )
-    .bind(vendor)
-    .bind(id)
-    .fetch_optional(db.pool())
-    .await?
-    else {
+    // Every request of an actor whose settings are not cached makes this read: on a SQLite
+    // file it runs on this thread (see `store::direct`), elsewhere through the pool.
+    let row: Option<(String, Option<i64>, Option<String>)> = if let Some(direct) = db.direct() {
+        direct
+            .rows(
+                ACTOR_SETTINGS,
+                &[Value::Text(Some(vendor)), Value::Text(Some(id))],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?
+            .pop()
+    } else {
+        sqlx::query(ACTOR_SETTINGS)
+            .bind(vendor)
+            .bind(id)
+            .fetch_optional(db.pool())
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .transpose()?
+    };
+    let Some((tags, version, document)) = row else {
         return Ok(None);
     };
-    let overrides = match row.try_get::<Option<i64>, _>("version")? {
-        Some(version) => Some((version_of(version)?, row.try_get("document")?)),
-        None => None,
+    let overrides = match (version, document) {
+        (Some(version), Some(document)) => Some((version_of(version)?, document)),
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(StoreError::Corrupt(
+                "an overrides version without its document".into(),
+            ));
+        }
     };
     Ok(Some(ActorSettingsRow {
-        context_tags: tags_of(&row)?,
+        context_tags: tags_from(&tags)?,
         overrides,
     }))
 }
+
+/// An actor's context tags (JSON), newest overrides version and document (`$1` vendor, `$2`
+/// actor); both drivers read them by position.
+const ACTOR_SETTINGS: &str = "SELECT a.context_tags, o.version, o.document FROM actors a
+     LEFT JOIN actor_overrides o ON o.vendor = a.vendor AND o.actor = a.id AND o.version =
+         (SELECT MAX(m.version) FROM actor_overrides m WHERE m.vendor = a.vendor AND m.actor = a.id)
+     WHERE a.vendor = $1 AND a.id = $2";
 
 /// The actor with its guardians, if registered with this vendor.
 ///
