@@ -1,12 +1,15 @@
 //! Reads on the calling thread, for the statements requests make most on SQLite: the history
-//! read (every request), and whether an identical request is pending and which pending requests
-//! a new one may be a tiny variation of (requests of a device with requests waiting).
+//! read (every request); an agent's credential and its device's settings when they are not
+//! cached (a device's first request, or one more than a minute after its last: a burst of them
+//! through the pool was the open loop's whole tail, BENCHMARKS.md round 12); and whether an
+//! identical request is pending and which pending requests a new one may be a tiny variation of
+//! (requests of a device with requests waiting).
 //!
 //! sqlx runs each SQLite statement on its connection's own thread: the statement goes over a
 //! channel to that thread and each row comes back over another, two thread switches at least
 //! for a one-row read. On a 2-core machine at the host's peak those switches were a quarter of
 //! all CPU samples (BENCHMARKS.md). These reads are short (an aggregate over one actor's rows of
-//! the last day through a covering index; one lookup in a unique index), so they run here
+//! the last day through a covering index; lookups in a primary or unique index), so they run here
 //! instead, on the task's own thread, over a connection of its own (read only; WAL readers never
 //! wait for the writer). Writes stay on sqlx: they run once per writer batch, not once per request.
 //!
