@@ -483,14 +483,10 @@ async fn open_loop(url: &str, tokens: &[String], rate: f64, seconds: f64) -> (Ve
     })
     .await
     .unwrap();
-    let mut latencies = Vec::with_capacity(total);
-    let mut lateness = Vec::with_capacity(total);
-    let mut errors = 0;
+    // Each request's latency, whether it succeeded, and how late it started (ms).
+    let mut answered = Vec::with_capacity(total);
     for h in handles {
-        let (ms, ok, late) = h.await.unwrap();
-        latencies.push(ms);
-        lateness.push(late);
-        errors += u64::from(!ok);
+        answered.push(h.await.unwrap());
     }
     // `APPROVAL_HOST_BENCH_TIMELINE=file`: each request's due time, latency and how late it
     // started (ms), to see when the slow ones happen. Each open loop of the run appends its own
@@ -498,11 +494,10 @@ async fn open_loop(url: &str, tokens: &[String], rate: f64, seconds: f64) -> (Ve
     if let Some(path) = std::env::var_os("APPROVAL_HOST_BENCH_TIMELINE") {
         use std::io::Write as _;
         let mut lines = format!("# started {started_unix:.4}\n");
-        lines += &latencies
+        lines += &answered
             .iter()
             .enumerate()
-            .zip(&lateness)
-            .map(|((i, ms), late)| {
+            .map(|(i, (ms, _, late))| {
                 format!(
                     "{:.3} {ms:.3} {late:.3}\n",
                     i as f64 * interval.as_secs_f64() * 1000.0
@@ -516,6 +511,8 @@ async fn open_loop(url: &str, tokens: &[String], rate: f64, seconds: f64) -> (Ve
             .and_then(|mut f| f.write_all(lines.as_bytes()))
             .unwrap();
     }
+    let errors = answered.iter().filter(|(_, ok, _)| !ok).count() as u64;
+    let mut latencies: Vec<f64> = answered.iter().map(|(ms, _, _)| *ms).collect();
     latencies.sort_by(f64::total_cmp);
     (latencies, errors)
 }

@@ -722,18 +722,7 @@ pub async fn pending_like(
         Value::Text(Some(action)),
         Value::Text(Some(variation_key)),
     ];
-    let listed: Vec<(String, String, Option<i64>)> = if let Some(direct) = db.direct() {
-        direct.rows(PENDING_LIKE, &values, |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })?
-    } else {
-        bind(sqlx::query(PENDING_LIKE), &values)
-            .fetch_all(db.pool())
-            .await?
-            .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?
-    };
+    let listed: Vec<(String, String, Option<i64>)> = db.read(PENDING_LIKE, &values).await?;
     listed
         .into_iter()
         .map(|(id, params, expires_at_ms)| {

@@ -98,19 +98,10 @@ pub async fn actor_of_token(
 ) -> Result<Option<(String, String)>, StoreError> {
     // Every request of an agent whose token is not cached makes this read: on a SQLite file it
     // runs on this thread (see `store::direct`), elsewhere through the pool.
-    if let Some(direct) = db.direct() {
-        return Ok(direct
-            .rows(ACTOR_OF_TOKEN, &[Value::Text(Some(token_sha256))], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?
-            .pop());
-    }
-    sqlx::query(ACTOR_OF_TOKEN)
-        .bind(token_sha256)
-        .fetch_optional(db.pool())
+    Ok(db
+        .read(ACTOR_OF_TOKEN, &[Value::Text(Some(token_sha256))])
         .await?
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .transpose()
+        .pop())
 }
 
 /// The vendor and actor of an unrevoked token (`$1` its SHA-256): a lookup in its primary key.

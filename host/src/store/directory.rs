@@ -121,23 +121,13 @@ pub async fn actor_settings(
 ) -> Result<Option<ActorSettingsRow>, StoreError> {
     // Every request of an actor whose settings are not cached makes this read: on a SQLite
     // file it runs on this thread (see `store::direct`), elsewhere through the pool.
-    let row: Option<(String, Option<i64>, Option<String>)> = if let Some(direct) = db.direct() {
-        direct
-            .rows(
-                ACTOR_SETTINGS,
-                &[Value::Text(Some(vendor)), Value::Text(Some(id))],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )?
-            .pop()
-    } else {
-        sqlx::query(ACTOR_SETTINGS)
-            .bind(vendor)
-            .bind(id)
-            .fetch_optional(db.pool())
-            .await?
-            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .transpose()?
-    };
+    let row: Option<(String, Option<i64>, Option<String>)> = db
+        .read(
+            ACTOR_SETTINGS,
+            &[Value::Text(Some(vendor)), Value::Text(Some(id))],
+        )
+        .await?
+        .pop();
     let Some((tags, version, document)) = row else {
         return Ok(None);
     };

@@ -143,6 +143,29 @@ impl Db {
         self.direct.as_deref()
     }
 
+    /// The rows of `sql` (placeholders `$1`, `$2`, … bound to `values` in order), each read by
+    /// position into a tuple: on a SQLite file on the calling thread (see [`direct`]), elsewhere
+    /// through the pool. For the short reads requests make; a statement whose rows need more
+    /// than their columns by position reads them itself.
+    ///
+    /// # Errors
+    /// A database failure, or a column of another type.
+    pub(crate) async fn read<'q, R: Columns>(
+        &self,
+        sql: &'q str,
+        values: &[Value<'q>],
+    ) -> Result<Vec<R>, StoreError> {
+        if let Some(direct) = self.direct() {
+            return direct.rows(sql, values, R::from_direct);
+        }
+        Ok(bind(sqlx::query(sql), values)
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(R::from_pool)
+            .collect::<Result<_, _>>()?)
+    }
+
     /// The versions cached values are checked against.
     pub fn versions(&self) -> &Arc<Versions> {
         &self.versions
@@ -192,6 +215,32 @@ pub(crate) fn placeholders(conn: &AnyConnection, rows: usize, columns: usize) ->
     }
     sql
 }
+
+/// A row's columns by position, as either driver reads them (see [`Db::read`]).
+pub(crate) trait Columns: Sized {
+    fn from_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+    fn from_pool(row: &AnyRow) -> Result<Self, sqlx::Error>;
+}
+
+macro_rules! columns {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t),+> Columns for ($($t,)+)
+        where
+            $($t: rusqlite::types::FromSql + for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,)+
+        {
+            fn from_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+                Ok(($(row.get($i)?,)+))
+            }
+            fn from_pool(row: &AnyRow) -> Result<Self, sqlx::Error> {
+                use sqlx::Row as _;
+                Ok(($(row.try_get($i)?,)+))
+            }
+        }
+    };
+}
+
+columns!(A 0, B 1);
+columns!(A 0, B 1, C 2);
 
 /// A value bound to a placeholder: of [`Statements`], or of a read that runs through the pool
 /// or on the calling thread (see [`direct::DirectReads::rows`]), by the same list.
