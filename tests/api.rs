@@ -11,7 +11,7 @@ use approval_host::audit::Receipt;
 use approval_host::audit::checkpoint::CheckpointVerifier;
 use approval_host::audit::entry::Event;
 use approval_host::clock::{Clock as _, ManualClock};
-use approval_host::token::TokenVerifier;
+use approval_host::token::{Expected, TokenVerifier};
 use common::{ADMIN, Sse, TestDb, TestHost, plugin};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -181,17 +181,20 @@ async fn approve(db: TestDb) {
         .text()
         .await
         .unwrap();
-    let verifier = TokenVerifier::from_jwks(&jwks, "approval-host")
-        .unwrap()
-        .for_audience(VENDOR);
+    let verifier = TokenVerifier::from_jwks(&jwks, "approval-host", VENDOR).unwrap();
     let token = answer["token"]["token"].as_str().unwrap();
     let now = w.host.clock.now_ms();
     let params = &answer["params"];
-    let verified = verifier.verify(token, params, now).unwrap();
+    let expecting = |params| Expected {
+        actor: answer["actor"].as_str().unwrap(),
+        action: "payment",
+        params,
+    };
+    let verified = verifier.verify(token, &expecting(params), now).unwrap();
     assert_eq!(verified.claims.approval_id, id);
     let mut other = params.clone();
     other["amount"] = json!(90_000);
-    assert!(verifier.verify(token, &other, now).is_err());
+    assert!(verifier.verify(token, &expecting(&other), now).is_err());
 
     let (name, pushed) = stream.next_within(10).await.unwrap();
     assert_eq!(
@@ -761,6 +764,102 @@ async fn written_whole(url: &str, path: &str, token: &str, len: usize) -> (u16, 
         status,
         serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
     )
+}
+
+on_both_backends!(
+    text_a_caller_controls_is_bounded_before_it_reaches_the_log,
+    bounded_texts
+);
+async fn bounded_texts(db: TestDb) {
+    let w = world(&db).await;
+    let pay = |extra: Value| {
+        let mut body = json!({"action": "payment",
+            "params": {"amount": 100, "currency": "CNY", "recipient": "toy-shop"}});
+        merge(&mut body, extra);
+        body
+    };
+    let cases = [
+        // Seen on the demo: this one was allowed and broke `audit verify` for good.
+        (
+            pay(json!({"provenance": {"surface": "s".repeat(70_000)}})),
+            "provenance.surface is 70000 bytes; at most 64",
+        ),
+        (
+            pay(json!({"provenance": {"surface": "voice", "tool": "shop\u{202E}lliks"}})),
+            "provenance.tool must not contain bidirectional controls",
+        ),
+        (
+            pay(json!({"provenance": {"surface": "voice\nsecond line"}})),
+            "provenance.surface must not contain control characters",
+        ),
+        (
+            pay(json!({"idempotency_key": "k".repeat(201)})),
+            "idempotency_key is 201 bytes",
+        ),
+        // Shown as "pay ¥600 to toy-shop" while the token bound `recurring`.
+        (
+            pay(
+                json!({"params": {"amount": 60000, "currency": "CNY", "recipient": "toy-shop",
+                "recurring": "daily"}}),
+            ),
+            "params.recurring is not a field of payment",
+        ),
+        // 2^53 + 1: it would share its params_hash with 2^53.
+        (
+            pay(
+                json!({"params": {"amount": 9_007_199_254_740_993_u64, "currency": "CNY",
+                "recipient": "toy-shop"}}),
+            ),
+            "params.amount",
+        ),
+        (
+            pay(json!({"params": {"amount": 1, "currency": "CNY", "recipient": "r".repeat(300)}})),
+            "params.recipient is 300 bytes",
+        ),
+    ];
+    for (body, names) in cases {
+        let (status, answer) = w.host.post("/v1/approvals", &w.agent, body.clone()).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{answer}"
+        );
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(names), "{message}");
+        assert!(
+            message.len() < 300,
+            "the error does not echo the text: {message}"
+        );
+    }
+    // Well-formed requests still go through, and the log verifies with everything in it.
+    let (status, answer) = w
+        .host
+        .post(
+            "/v1/approvals",
+            &w.agent,
+            pay(json!({"provenance": {"surface": "语音", "tool": "shop-skill"}})),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("allowed")),
+        "{answer}"
+    );
+    let audit = &w.host.state.audit;
+    audit.checkpoint().await.unwrap();
+    let mut export = Vec::new();
+    audit.export(&mut export).await.unwrap();
+    let report =
+        approval_host::audit::verify::verify_export(&export[..], audit.vkey(), &[]).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(report.entries > 0);
+}
+
+/// Sets `extra`'s fields on `body`, replacing any already there.
+fn merge(body: &mut Value, extra: Value) {
+    if let (Value::Object(body), Value::Object(extra)) = (body, extra) {
+        body.extend(extra);
+    }
 }
 
 on_both_backends!(bad_input_gets_a_clear_error, bad_input);

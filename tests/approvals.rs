@@ -133,10 +133,15 @@ fn token_binds(
 ) -> bool {
     let token = record.token.as_ref().expect("a token was minted");
     let now = host.clock.now_ms();
+    let expected = approval_host::token::Expected {
+        actor: &record.actor,
+        action: &record.action,
+        params,
+    };
     host.service
         .tokens()
-        .verifier(now)
-        .verify(&token.token, params, now)
+        .verifier(now, &record.vendor)
+        .verify(&token.token, &expected, now)
         .is_ok()
 }
 

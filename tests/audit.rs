@@ -503,6 +503,69 @@ async fn failed_write(db: TestDb) {
     ));
 }
 
+on_both_backends!(
+    the_log_never_appends_an_entry_its_verifier_refuses,
+    oversized_entry
+);
+async fn oversized_entry(db: TestDb) {
+    let log = common::audit_log(&db.db).await;
+    let huge = |i: u64| {
+        let mut entry = note(i);
+        if let Event::RuleFired { reason, .. } = &mut entry.event {
+            *reason = "x".repeat(entry::MAX_ENTRY_LEN);
+        }
+        entry
+    };
+    // Entries alone, and a write with its own SQL: the write is undone, its batch goes on.
+    let write = |vendor: &'static str, entry: Entry| {
+        let log = Arc::clone(&log);
+        async move {
+            log.commit(
+                Scope::Vendor(vendor.into()),
+                move |conn: &mut AnyConnection| {
+                    Box::pin(async move {
+                        sqlx::query(
+                            "INSERT INTO vendors (id, name, created_at_ms) VALUES ($1, $1, 0)",
+                        )
+                        .bind(vendor)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(Audited {
+                            value: (),
+                            entries: vec![entry],
+                            payloads: Vec::new(),
+                        })
+                    })
+                },
+            )
+            .await
+        }
+    };
+    let (alone, big, small) = tokio::join!(
+        log.append(vec![note(1), huge(2)]),
+        write("v-big", huge(3)),
+        write("v-small", note(4)),
+    );
+    assert!(
+        matches!(alone, Err(StoreError::EntryTooLarge(_))),
+        "{alone:?}"
+    );
+    assert!(matches!(big, Err(StoreError::EntryTooLarge(_))), "{big:?}");
+    small.unwrap();
+    let vendors: Vec<String> = sqlx::query("SELECT id FROM vendors ORDER BY id")
+        .fetch_all(&mut AnyConnection::connect(&db.url).await.unwrap())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("id"))
+        .collect();
+    assert_eq!(vendors, ["v-small"], "the refused write left no row");
+    assert_eq!(log.size().await.unwrap(), 1);
+    log.checkpoint().await.unwrap();
+    let report = verify(&log, &[]).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
 on_both_backends!(writes_naming_the_same_payload_store_it_once, shared_payload);
 async fn shared_payload(db: TestDb) {
     let log = common::audit_log(&db.db).await;

@@ -13,8 +13,8 @@ use approval_host::canonical::params_hash;
 use approval_host::risk::Money;
 use approval_host::store::keys;
 use approval_host::token::{
-    CapabilityClaims, DEFAULT_TTL, DecisionMethod, Grant, MintedToken, TokenConfig, TokenError,
-    TokenIssuer, TokenVerifier, key_id,
+    CapabilityClaims, DEFAULT_TTL, DecisionMethod, Expected, Grant, MintedToken, TokenConfig,
+    TokenError, TokenIssuer, TokenVerifier, key_id,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -72,7 +72,16 @@ async fn open_with_key(db: &TestDb, seed: [u8; 32], now_ms: u64) -> TokenIssuer 
 
 /// What a vendor's service does: a verifier from the published JWKS alone.
 fn vendor_verifier(issuer: &TokenIssuer, now_ms: u64) -> TokenVerifier {
-    TokenVerifier::from_jwks(&issuer.jwks(now_ms), ISSUER).unwrap()
+    TokenVerifier::from_jwks(&issuer.jwks(now_ms), ISSUER, "acme-toys").unwrap()
+}
+
+/// What the vendor's service executes for [`claims`]'s actor: its payment with `params`.
+fn expecting(params: &Value) -> Expected<'_> {
+    Expected {
+        actor: "teddy-7",
+        action: "payment",
+        params,
+    }
 }
 
 fn verify(
@@ -80,7 +89,7 @@ fn verify(
     token: &str,
     now_ms: u64,
 ) -> Result<approval_host::token::VerifiedCapability, TokenError> {
-    verifier.verify(token, &params(), now_ms)
+    verifier.verify(token, &expecting(&params()), now_ms)
 }
 
 fn jwks_kids(issuer: &TokenIssuer, now_ms: u64) -> Vec<String> {
@@ -157,25 +166,20 @@ async fn round_trip(db: TestDb) {
     let respelled: Value =
         serde_json::from_str(r#"{ "recipient": "toy-shop", "currency": "CNY", "amount": 6.0e4 }"#)
             .unwrap();
-    assert!(verifier.verify(&minted.token, &respelled, T0).is_ok());
+    assert!(
+        verifier
+            .verify(&minted.token, &expecting(&respelled), T0)
+            .is_ok()
+    );
 
     // The issuer's own verifier is the same as the vendor's.
     assert_eq!(
         issuer
-            .verifier(T0)
-            .verify(&minted.token, &params(), T0)
+            .verifier(T0, "acme-toys")
+            .verify(&minted.token, &expecting(&params()), T0)
             .unwrap(),
         verified
     );
-
-    // A vendor's service can also insist on being the audience.
-    let vendor = verifier.clone().for_audience("acme-toys");
-    assert!(verify(&vendor, &minted.token, T0).is_ok());
-    let other = verifier.for_audience("other-vendor");
-    assert!(matches!(
-        verify(&other, &minted.token, T0),
-        Err(TokenError::WrongAudience)
-    ));
 
     // The JWKS publishes the key in RFC 7517/8037 form, its kid the RFC 7638 thumbprint.
     let jwks: Value = serde_json::from_str(&issuer.jwks(T0)).unwrap();
@@ -466,14 +470,48 @@ async fn a_changed_param_fails_verification() {
         json!({"amount": "60000", "currency": "CNY", "recipient": "toy-shop"}),
         json!({}),
     ] {
-        let err = verifier.verify(&minted.token, &changed, T0);
+        let err = verifier.verify(&minted.token, &expecting(&changed), T0);
         assert!(
             matches!(err, Err(TokenError::ParamsMismatch)),
             "{changed}: {err:?}"
         );
     }
-    let err = verifier.verify(&minted.token, &json!([60000, "CNY"]), T0);
+    let err = verifier.verify(&minted.token, &expecting(&json!([60000, "CNY"])), T0);
     assert!(matches!(err, Err(TokenError::InvalidParams(_))), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_token_for_another_vendor_actor_or_action_fails_verification() {
+    let db = common::sqlite().await;
+    let issuer = open(&db, T0).await;
+    let minted = issuer.mint(&claims(), T0).unwrap();
+    let other_vendor = TokenVerifier::from_jwks(&issuer.jwks(T0), ISSUER, "other-vendor").unwrap();
+    let err = verify(&other_vendor, &minted.token, T0);
+    assert!(matches!(err, Err(TokenError::WrongAudience)), "{err:?}");
+    let verifier = vendor_verifier(&issuer, T0);
+    let params = params();
+    let another_actor = Expected {
+        actor: "teddy-8",
+        ..expecting(&params)
+    };
+    let err = verifier.verify(&minted.token, &another_actor, T0);
+    assert!(matches!(err, Err(TokenError::WrongActor)), "{err:?}");
+    // A payment service is never handed a token minted for another action with the same
+    // params (a generic "pay" an agent picked), whatever those params say.
+    let another_action = Expected {
+        action: "pay",
+        ..expecting(&params)
+    };
+    let err = verifier.verify(&minted.token, &another_action, T0);
+    assert!(matches!(err, Err(TokenError::WrongAction)), "{err:?}");
+    assert_eq!(
+        (
+            TokenError::WrongActor.code(),
+            TokenError::WrongAction.code()
+        ),
+        ("token_wrong_actor", "token_wrong_action")
+    );
+    assert!(TokenVerifier::from_jwks(&issuer.jwks(T0), ISSUER, "").is_err());
 }
 
 #[tokio::test]
@@ -527,7 +565,8 @@ async fn a_wrong_issuer_fails_verification() {
     let issuer = open(&db, T0).await;
     let minted = issuer.mint(&claims(), T0).unwrap();
     let elsewhere =
-        TokenVerifier::from_jwks(&issuer.jwks(T0), "https://other-host.example").unwrap();
+        TokenVerifier::from_jwks(&issuer.jwks(T0), "https://other-host.example", "acme-toys")
+            .unwrap();
     let err = verify(&elsewhere, &minted.token, T0);
     assert!(matches!(err, Err(TokenError::WrongIssuer)), "{err:?}");
 

@@ -16,4 +16,5 @@ pub mod push;
 pub mod risk;
 pub mod server;
 pub mod store;
+pub mod text;
 pub mod token;

@@ -205,6 +205,12 @@ pub enum TokenError {
     /// `aud` is not the expected vendor.
     #[error("token is for another vendor")]
     WrongAudience,
+    /// `sub` is not the actor the service is acting for.
+    #[error("token is for another actor")]
+    WrongActor,
+    /// `act` is not the action the service is about to execute.
+    #[error("token is for another action")]
+    WrongAction,
     /// `exp` has passed.
     #[error("token expired")]
     Expired,
@@ -244,6 +250,8 @@ impl TokenError {
             TokenError::BadSignature => "token_bad_signature",
             TokenError::WrongIssuer => "token_wrong_issuer",
             TokenError::WrongAudience => "token_wrong_audience",
+            TokenError::WrongActor => "token_wrong_actor",
+            TokenError::WrongAction => "token_wrong_action",
             TokenError::Expired => "token_expired",
             TokenError::ParamsMismatch => "token_params_mismatch",
             TokenError::InvalidParams(_) => "params_invalid",
@@ -635,13 +643,13 @@ impl TokenIssuer {
         })
     }
 
-    /// A verifier for this issuer's tokens with the keys published at `now_ms`: what a vendor's
-    /// service builds from [`Self::jwks`].
-    pub fn verifier(&self, now_ms: u64) -> TokenVerifier {
+    /// A verifier of this issuer's tokens for `vendor` with the keys published at `now_ms`: what
+    /// that vendor's service builds from [`Self::jwks`].
+    pub fn verifier(&self, now_ms: u64, vendor: &str) -> TokenVerifier {
         let keys = self.keys.load();
         TokenVerifier {
             issuer: self.issuer.clone(),
-            audience: None,
+            audience: vendor.to_owned(),
             keys: keys
                 .published(now_ms, self.ttl)
                 .map(|k| (k.kid.clone(), k.key))
@@ -680,29 +688,44 @@ fn check_claims(claims: &CapabilityClaims) -> Result<(), TokenError> {
     Ok(())
 }
 
-/// Verifies capability tokens offline: the signature by `kid` against a set of public keys, the
-/// algorithm, the issuer, optionally the audience, the expiry and the parameters.
+/// What a vendor's service is about to do, which a token must have been minted for.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// The actor it acts for (the token's `sub`).
+    pub actor: &'a str,
+    /// The action kind it executes (`act`), e.g. `payment`.
+    pub action: &'a str,
+    /// The params it executes, hashed as the host hashed the approved ones (`params_hash`).
+    pub params: &'a Value,
+}
+
+/// Verifies capability tokens offline for one vendor's service: the signature by `kid` against a
+/// set of public keys, the algorithm, the issuer, the audience, and for each token the actor, the
+/// action, the expiry and the parameters the service is about to execute.
 #[derive(Debug, Clone)]
 pub struct TokenVerifier {
     /// The expected `iss`.
     issuer: String,
-    /// The expected `aud` (the vendor), when set.
-    audience: Option<String>,
+    /// The expected `aud`: the vendor whose service verifies.
+    audience: String,
     /// The verification keys by `kid`.
     keys: Vec<(String, VerifyingKey)>,
 }
 
 impl TokenVerifier {
     /// A verifier with the Ed25519 keys of a JWKS (as [`TokenIssuer::jwks`] publishes it), for
-    /// tokens of `issuer`. Keys of other types, algorithms or uses are ignored (RFC 7517
-    /// section 5), as are keys without a `kid`.
+    /// tokens of `issuer` to `vendor` (the `aud` every token must name). Keys of other types,
+    /// algorithms or uses are ignored (RFC 7517 section 5), as are keys without a `kid`.
     ///
     /// # Errors
     /// The JSON is not a JWKS, an Ed25519 key is not a valid (or is a weak) public key, two keys
-    /// share a `kid`, no Ed25519 key is usable, or `issuer` is empty.
-    pub fn from_jwks(jwks_json: &str, issuer: &str) -> Result<Self, TokenError> {
+    /// share a `kid`, no Ed25519 key is usable, or `issuer` or `vendor` is empty.
+    pub fn from_jwks(jwks_json: &str, issuer: &str, vendor: &str) -> Result<Self, TokenError> {
         if issuer.is_empty() {
             return Err(TokenError::InvalidConfig("the issuer is empty".to_owned()));
+        }
+        if vendor.is_empty() {
+            return Err(TokenError::InvalidConfig("the vendor is empty".to_owned()));
         }
         let jwks: JwksRecord =
             serde_json::from_str(jwks_json).map_err(|e| TokenError::InvalidJwks(e.to_string()))?;
@@ -739,17 +762,9 @@ impl TokenVerifier {
         }
         Ok(Self {
             issuer: issuer.to_owned(),
-            audience: None,
+            audience: vendor.to_owned(),
             keys,
         })
-    }
-
-    /// Also requires `aud` to be `vendor`: what a vendor's service sets to refuse tokens for
-    /// other vendors.
-    #[must_use]
-    pub fn for_audience(mut self, vendor: &str) -> Self {
-        self.audience = Some(vendor.to_owned());
-        self
     }
 
     /// The `kid`s this verifier accepts.
@@ -758,20 +773,22 @@ impl TokenVerifier {
     }
 
     /// Checks the token's algorithm (`EdDSA` only), its signature by the key its `kid` names, its
-    /// issuer, its audience (when [`Self::for_audience`] set one), its expiry at `now_ms`, and
-    /// that `params` hash to its `params_hash`; returns what it binds.
+    /// issuer, its audience (this verifier's vendor), that it is for the `expected` actor and
+    /// action, its expiry at `now_ms`, and that the `expected` params hash to its `params_hash`;
+    /// returns what it binds. The caller then settles its `jti` once: a token is single-use.
     ///
     /// # Errors
     /// [`TokenError::Malformed`], [`TokenError::UnsupportedAlgorithm`],
     /// [`TokenError::UnknownKey`], [`TokenError::BadSignature`], [`TokenError::WrongIssuer`],
-    /// [`TokenError::WrongAudience`], [`TokenError::Expired`], [`TokenError::InvalidParams`] or
-    /// [`TokenError::ParamsMismatch`], checked in that order, except that claims of the wrong
-    /// JSON type (a string `exp`) are reported as malformed before the signature is checked:
-    /// jwt-compact parses claims first. Any other change to a token is a bad signature.
+    /// [`TokenError::WrongAudience`], [`TokenError::WrongActor`], [`TokenError::WrongAction`],
+    /// [`TokenError::Expired`], [`TokenError::InvalidParams`] or [`TokenError::ParamsMismatch`],
+    /// checked in that order, except that claims of the wrong JSON type (a string `exp`) are
+    /// reported as malformed before the signature is checked: jwt-compact parses claims first.
+    /// Any other change to a token is a bad signature.
     pub fn verify(
         &self,
         token: &str,
-        params: &Value,
+        expected: &Expected<'_>,
         now_ms: u64,
     ) -> Result<VerifiedCapability, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
@@ -827,8 +844,14 @@ impl TokenVerifier {
         if wire.iss != self.issuer {
             return Err(TokenError::WrongIssuer);
         }
-        if self.audience.as_ref().is_some_and(|aud| *aud != wire.aud) {
+        if self.audience != wire.aud {
             return Err(TokenError::WrongAudience);
+        }
+        if expected.actor != wire.sub {
+            return Err(TokenError::WrongActor);
+        }
+        if expected.action != wire.act {
+            return Err(TokenError::WrongAction);
         }
         let time_ms = |seconds: Option<i64>, name: &str| {
             seconds
@@ -868,7 +891,7 @@ impl TokenVerifier {
             }
         }
 
-        if params_hash(params).map_err(TokenError::InvalidParams)? != wire.params_hash {
+        if params_hash(expected.params).map_err(TokenError::InvalidParams)? != wire.params_hash {
             return Err(TokenError::ParamsMismatch);
         }
         Ok(VerifiedCapability {
@@ -1084,9 +1107,14 @@ mod tests {
                 ..payment_claims()
             };
             let minted = issuer.mint(&claims, NOW_MS).unwrap();
+            let expected = Expected {
+                actor: "teddy-7",
+                action: "payment",
+                params: &params(),
+            };
             let verified = issuer
-                .verifier(NOW_MS)
-                .verify(&minted.token, &params(), NOW_MS)
+                .verifier(NOW_MS, "acme-toys")
+                .verify(&minted.token, &expected, NOW_MS)
                 .unwrap();
             assert_eq!(verified.claims, claims);
             assert_eq!(verified.token_id, minted.id);
@@ -1127,7 +1155,7 @@ mod tests {
     fn jwks_parsing() {
         let issuer = rfc_issuer();
         let jwks = issuer.jwks(NOW_MS);
-        let verifier = TokenVerifier::from_jwks(&jwks, "approval-host").unwrap();
+        let verifier = TokenVerifier::from_jwks(&jwks, "approval-host", "acme-toys").unwrap();
         assert_eq!(verifier.key_ids().collect::<Vec<_>>(), [RFC8037_THUMBPRINT]);
 
         // Foreign keys are skipped; ours are still found.
@@ -1139,7 +1167,8 @@ mod tests {
             {"kty": "OKP", "crv": "Ed25519", "x": RFC8037_X},
             rfc_jwk(),
         ]});
-        let verifier = TokenVerifier::from_jwks(&mixed.to_string(), "approval-host").unwrap();
+        let verifier =
+            TokenVerifier::from_jwks(&mixed.to_string(), "approval-host", "acme-toys").unwrap();
         assert_eq!(verifier.key_ids().collect::<Vec<_>>(), [RFC8037_THUMBPRINT]);
 
         for bad in [
@@ -1152,7 +1181,7 @@ mod tests {
                 .to_string(),
             json!({"keys": [rfc_jwk(), rfc_jwk()]}).to_string(),
         ] {
-            let err = TokenVerifier::from_jwks(&bad, "approval-host").unwrap_err();
+            let err = TokenVerifier::from_jwks(&bad, "approval-host", "acme-toys").unwrap_err();
             assert_eq!(err.code(), "jwks_invalid", "{bad}: {err}");
         }
     }

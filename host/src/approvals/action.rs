@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::policy::is_currency_code;
 use crate::risk::{Action, Money};
+use crate::text;
 
 /// The action kinds the host knows; any other kind is a generic action.
 pub mod kinds {
@@ -17,18 +18,21 @@ pub mod kinds {
 /// Longest action kind accepted.
 pub const MAX_KIND_LEN: usize = 64;
 
+/// The largest integer a param may hold, 2^53 − 1: RFC 8785 writes numbers as IEEE 754
+/// doubles, so two larger integers can share a canonical form, and with it a `params_hash`.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
 fn problem(text: impl Into<String>) -> String {
     text.into()
 }
 
 fn string(params: &Map<String, Value>, field: &str) -> Result<String, String> {
     match params.get(field) {
-        Some(Value::String(s)) if !s.is_empty() && !s.chars().any(char::is_control) => {
+        Some(Value::String(s)) => {
+            text::check_field(&format!("params.{field}"), s, text::PARAM)?;
             Ok(s.clone())
         }
-        Some(_) => Err(problem(format!(
-            "params.{field} must be a non-empty string without control characters"
-        ))),
+        Some(_) => Err(problem(format!("params.{field} must be a string"))),
         None => Err(problem(format!("params.{field} is required"))),
     }
 }
@@ -42,13 +46,64 @@ fn optional_string(params: &Map<String, Value>, field: &str) -> Result<Option<St
 
 fn count(params: &Map<String, Value>, field: &str) -> Result<u64, String> {
     match params.get(field) {
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
-            problem(format!(
-                "params.{field} must be a whole number of at least 0"
-            ))
-        }),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .filter(|n| *n <= MAX_SAFE_INTEGER)
+            .ok_or_else(|| {
+                problem(format!(
+                    "params.{field} must be a whole number from 0 to {MAX_SAFE_INTEGER}"
+                ))
+            }),
         Some(_) => Err(problem(format!("params.{field} must be a whole number"))),
         None => Err(problem(format!("params.{field} is required"))),
+    }
+}
+
+/// Refuses a field of `params` that the typed action `kind` does not have: the guardian is shown
+/// the typed action, and the token binds every field, so a field nobody reads must not ride along.
+fn only_fields(kind: &str, params: &Map<String, Value>, fields: &[&str]) -> Result<(), String> {
+    match params.keys().find(|k| !fields.contains(&k.as_str())) {
+        Some(unknown) => Err(problem(format!(
+            "params.{} is not a field of {kind} (its fields: {})",
+            unknown.chars().take(64).collect::<String>(),
+            fields.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses an integer anywhere in `value` beyond ±[`MAX_SAFE_INTEGER`], naming where it is.
+fn safe_numbers(path: &mut String, value: &Value) -> Result<(), String> {
+    match value {
+        Value::Number(n) => {
+            let unsafe_integer = n.as_u64().is_some_and(|n| n > MAX_SAFE_INTEGER)
+                || n.as_i64()
+                    .is_some_and(|n| n.unsigned_abs() > MAX_SAFE_INTEGER)
+                || n.as_f64()
+                    .is_some_and(|f| f.fract() == 0.0 && f.abs() > 9.007_199_254_740_991e15);
+            if unsafe_integer {
+                return Err(problem(format!(
+                    "{path} is beyond ±{MAX_SAFE_INTEGER}: send larger numbers as strings"
+                )));
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let checked = safe_numbers(path, item);
+            path.truncate(len);
+            checked
+        }),
+        Value::Object(fields) => fields.iter().try_for_each(|(k, item)| {
+            let len = path.len();
+            path.push('.');
+            path.extend(k.chars().take(64));
+            let checked = safe_numbers(path, item);
+            path.truncate(len);
+            checked
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -70,8 +125,14 @@ pub fn parse(kind: &str, params: &Value) -> Result<Action, String> {
     let Value::Object(p) = params else {
         return Err(problem("params must be a JSON object"));
     };
+    safe_numbers(&mut "params".to_owned(), params)?;
     Ok(match kind {
         kinds::PAYMENT => {
+            only_fields(
+                kind,
+                p,
+                &["amount", "currency", "recipient", "merchant_category"],
+            )?;
             let currency = string(p, "currency")?;
             if !is_currency_code(&currency) {
                 return Err(problem(
@@ -84,19 +145,28 @@ pub fn parse(kind: &str, params: &Value) -> Result<Action, String> {
                 merchant_category: optional_string(p, "merchant_category")?,
             }
         }
-        kinds::CREDENTIAL_PUT => Action::CredentialPut {
-            service: string(p, "service")?,
-            category: string(p, "category")?,
-        },
-        kinds::MEMORY_WRITE => Action::MemoryWrite {
-            namespace: string(p, "namespace")?,
-            key: string(p, "key")?,
-        },
-        kinds::CAPABILITY_MINT => Action::CapabilityMint {
-            capability: string(p, "capability")?,
-            requested_scope: count(p, "requested_scope")?,
-            parent_scope: count(p, "parent_scope")?,
-        },
+        kinds::CREDENTIAL_PUT => {
+            only_fields(kind, p, &["service", "category"])?;
+            Action::CredentialPut {
+                service: string(p, "service")?,
+                category: string(p, "category")?,
+            }
+        }
+        kinds::MEMORY_WRITE => {
+            only_fields(kind, p, &["namespace", "key"])?;
+            Action::MemoryWrite {
+                namespace: string(p, "namespace")?,
+                key: string(p, "key")?,
+            }
+        }
+        kinds::CAPABILITY_MINT => {
+            only_fields(kind, p, &["capability", "requested_scope", "parent_scope"])?;
+            Action::CapabilityMint {
+                capability: string(p, "capability")?,
+                requested_scope: count(p, "requested_scope")?,
+                parent_scope: count(p, "parent_scope")?,
+            }
+        }
         other => Action::Other {
             kind: other.to_owned(),
             params_json: params.to_string(),
@@ -293,12 +363,72 @@ mod tests {
                 "params.requested_scope",
             ),
             ("payment", json!([1, 2]), "JSON object"),
+            (
+                "payment",
+                json!({"amount": 5, "currency": "CNY", "recipient": "shop\u{202E}"}),
+                "params.recipient must not contain bidirectional controls",
+            ),
+            (
+                "payment",
+                json!({"amount": 5, "currency": "CNY", "recipient": "x".repeat(257)}),
+                "params.recipient is 257 bytes",
+            ),
             ("Pay Now!", json!({}), "action must be"),
         ];
         for (kind, params, needle) in cases {
             let err = parse(kind, &params).expect_err(kind);
             assert!(err.contains(needle), "{kind} {params}: {err}");
         }
+    }
+
+    #[test]
+    fn a_typed_action_with_a_field_the_guardian_is_not_shown_is_refused() {
+        let err = parse(
+            "payment",
+            &json!({"amount": 60000, "currency": "CNY", "recipient": "toy-shop", "recurring": "daily"}),
+        )
+        .expect_err("an unknown field");
+        assert!(
+            err.starts_with("params.recurring is not a field of payment"),
+            "{err}"
+        );
+        for (kind, params) in [
+            (
+                "cred.put",
+                json!({"service": "bank", "category": "login", "scope": "all"}),
+            ),
+            (
+                "memory.write",
+                json!({"namespace": "family", "key": "k", "value": 1}),
+            ),
+            (
+                "capability.mint",
+                json!({"capability": "c", "requested_scope": 1, "parent_scope": 2, "ttl": 9}),
+            ),
+        ] {
+            assert!(parse(kind, &params).is_err(), "{kind}");
+        }
+        // A generic action's params are the vendor's to define: every field is kept and bound.
+        assert!(parse("lights.on", &json!({"room": "hall", "anything": [1]})).is_ok());
+    }
+
+    #[test]
+    fn integers_beyond_two_to_the_53_are_refused_anywhere_in_params() {
+        let max = MAX_SAFE_INTEGER;
+        let pay = |amount: Value| json!({"amount": amount, "currency": "CNY", "recipient": "x"});
+        assert!(parse("payment", &pay(json!(max))).is_ok());
+        let err = parse("payment", &pay(json!(max + 1))).expect_err("2^53");
+        assert!(err.contains("params.amount"), "{err}");
+        // Both would hash alike: RFC 8785 writes them as the same double.
+        assert!(parse("payment", &pay(json!(9_007_199_254_740_993_u64))).is_err());
+        let err = parse(
+            "x.y",
+            &json!({"n": {"list": [1, -9_007_199_254_740_993_i64]}}),
+        )
+        .expect_err("nested");
+        assert!(err.starts_with("params.n.list[1] is beyond"), "{err}");
+        assert!(parse("x.y", &json!({"n": 1.0e300})).is_err());
+        assert!(parse("x.y", &json!({"n": 1.5, "m": -3})).is_ok());
     }
 
     #[test]

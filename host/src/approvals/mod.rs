@@ -25,6 +25,7 @@ use crate::store::approvals::{self as rows, Inserted, Settlement};
 use crate::store::cache::{Cached, Topic};
 use crate::store::directory::{self, ActorRow, DocumentKind, DocumentVersion};
 use crate::store::{Backend, Db, StoreError, plugin_stats};
+use crate::text;
 use crate::token::{CapabilityClaims, DecisionMethod, Grant, TokenError, TokenIssuer};
 use record::{
     ApprovalRecord, FiredRule, IssuedToken, Method, PluginRun, Provenance, Route, Status,
@@ -90,6 +91,24 @@ pub struct NewRequest {
     /// Retrying with the same key returns the first request's outcome.
     pub idempotency_key: Option<String>,
     pub provenance: Provenance,
+}
+
+impl NewRequest {
+    /// Checks the texts the agent chose that reach the record and its audit entries: the
+    /// idempotency key and the provenance (the action and params are checked when parsed).
+    ///
+    /// # Errors
+    /// The field that is wrong and how.
+    pub fn check_texts(&self) -> Result<(), String> {
+        if let Some(key) = &self.idempotency_key {
+            text::check_field("idempotency_key", key, text::ID)?;
+        }
+        text::check_field("provenance.surface", &self.provenance.surface, text::LABEL)?;
+        if let Some(tool) = &self.provenance.tool {
+            text::check_field("provenance.tool", tool, text::LABEL)?;
+        }
+        Ok(())
+    }
 }
 
 /// How a request was answered.
@@ -950,6 +969,7 @@ impl ApprovalService {
     /// Unknown actor, malformed action or params, an idempotency key reused for other params,
     /// a database or signing failure.
     pub async fn request(&self, new: NewRequest) -> Result<Requested, ApprovalError> {
+        new.check_texts().map_err(ApprovalError::InvalidRequest)?;
         let action =
             action::parse(&new.action, &new.params).map_err(ApprovalError::InvalidRequest)?;
         let params_hash = canonical::params_hash(&new.params)?;
@@ -957,12 +977,6 @@ impl ApprovalService {
             return Err(ApprovalError::UnknownActor);
         };
         if let Some(key) = &new.idempotency_key {
-            if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
-                return Err(ApprovalError::InvalidRequest(
-                    "idempotency_key must be 1 to 200 characters, none of them control characters"
-                        .into(),
-                ));
-            }
             if let Some(found) = self.replay(&new, key, &params_hash).await? {
                 return Ok(found);
             }

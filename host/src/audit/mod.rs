@@ -189,10 +189,7 @@ impl Receipt {
 }
 
 type WriteFn = Box<
-    dyn for<'c> FnOnce(
-            &'c mut AnyConnection,
-        ) -> BoxFuture<'c, Result<Audited<Box<dyn Any + Send>>, StoreError>>
-        + Send,
+    dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<Encoded, StoreError>> + Send,
 >;
 
 /// Writes the items of many jobs of one kind together (multi-row statements) in the batch's
@@ -377,8 +374,10 @@ impl AuditLog {
             + Send
             + 'static,
     {
+        // Encoded inside the write's savepoint: an entry the verifier would refuse undoes the
+        // write that produced it.
         let work: WriteFn =
-            Box::new(move |conn| Box::pin(async move { Ok(work(conn).await?.boxed()) }));
+            Box::new(move |conn| Box::pin(async move { encode(work(conn).await?.boxed()) }));
         let (value, entries) = self.submit(scope, Work::Write(work)).await?;
         let value = value
             .downcast::<T>()
@@ -826,12 +825,49 @@ type Done = (Reply, Box<dyn Any + Send>, Range<usize>);
 #[derive(Default)]
 struct Produced {
     done: Vec<Done>,
-    entries: Vec<Entry>,
+    entries: Vec<(Entry, Vec<u8>)>,
     payloads: Vec<(String, Vec<u8>)>,
 }
 
+/// A write's outcome with its entries encoded, each checked to be one the log's own verifier
+/// reads back ([`entry::MAX_ENTRY_LEN`]).
+struct Encoded {
+    value: Box<dyn Any + Send>,
+    entries: Vec<(Entry, Vec<u8>)>,
+    payloads: Vec<(String, Vec<u8>)>,
+}
+
+/// Encodes `out`'s entries, once: the append stores these bytes.
+///
+/// # Errors
+/// [`StoreError::EntryTooLarge`] for an entry over the verifier's limit: the log never holds an
+/// entry its verifier refuses, so the write that produced it must fail instead.
+fn encode(out: Audited<Box<dyn Any + Send>>) -> Result<Encoded, StoreError> {
+    let entries = out
+        .entries
+        .into_iter()
+        .map(|entry| {
+            let bytes = entry.encode();
+            if bytes.len() > entry::MAX_ENTRY_LEN {
+                tracing::error!(
+                    kind = entry.event.kind(),
+                    bytes = bytes.len(),
+                    "an audit entry over the verifier's limit was refused with its write"
+                );
+                return Err(StoreError::EntryTooLarge(bytes.len()));
+            }
+            Ok((entry, bytes))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Encoded {
+        value: out.value,
+        entries,
+        payloads: out.payloads,
+    })
+}
+
 impl Produced {
-    fn keep(&mut self, reply: Reply, out: Audited<Box<dyn Any + Send>>) {
+    fn keep(&mut self, reply: Reply, out: Encoded) {
         let start = self.entries.len();
         self.entries.extend(out.entries);
         self.payloads.extend(out.payloads);
@@ -882,7 +918,10 @@ async fn run_batch(db: &Db, edge: &KnownEdge, mut batch: Vec<Job>) {
                 }
                 continue;
             }
-            Work::Entries(out) => Ran::Done(out),
+            Work::Entries(out) => match encode(out) {
+                Ok(out) => Ran::Done(out),
+                Err(e) => Ran::Failed(e),
+            },
             Work::Write(write) => in_savepoint(&mut tx, alone, write).await,
         };
         match ran {
@@ -906,14 +945,17 @@ async fn run_batch(db: &Db, edge: &KnownEdge, mut batch: Vec<Job>) {
             Box::pin(async move {
                 let outs = write(conn, items).await?;
                 if outs.len() == count {
-                    Ok(outs)
+                    // An item's entry the verifier would refuse undoes the group: its rows are
+                    // in multi-row statements. The API's bounds on what callers send keep
+                    // every entry of a request far below the limit, so this never fires.
+                    outs.into_iter().map(encode).collect::<Result<Vec<_>, _>>()
                 } else {
                     Err(StoreError::Corrupt(format!(
                         "a bulk write of {count} items returned {} outcomes",
                         outs.len()
                     )))
                 }
-            }) as BulkOutcomes<'_>
+            }) as BoxFuture<'_, Result<Vec<Encoded>, StoreError>>
         })
         .await;
         match ran {

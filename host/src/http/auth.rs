@@ -34,6 +34,15 @@ impl FromRequestParts<AppState> for Caller {
             .access
             .authenticate(credential, state.clock.now_ms())
             .await?;
+        // A subject that could never be a guardian's id (see `text::ID`) is refused before it
+        // reaches a record, a log line or an audit entry.
+        if let Principal::Guardian { id, .. } = &principal
+            && crate::text::check(id, crate::text::ID).is_err()
+        {
+            return Err(
+                AccessError::BadSession("the subject is not a valid guardian id".into()).into(),
+            );
+        }
         let caller = Caller(principal);
         parts.extensions.insert(caller.clone());
         Ok(caller)

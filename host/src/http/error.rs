@@ -111,7 +111,19 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::internal(&e)
+        match e {
+            // The API bounds what callers send so that this cannot happen; if it does, the
+            // write was undone and the caller is told, not given a 500.
+            StoreError::EntryTooLarge(_) => {
+                tracing::error!(error = %e, "a write was refused for its audit entry's size");
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "audit_entry_too_large",
+                    "the request's texts are too long to be recorded in the audit log",
+                )
+            }
+            e => ApiError::internal(&e),
+        }
     }
 }
 
@@ -178,7 +190,8 @@ pub fn approval_error(
         ApprovalError::Policy(p) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, p.to_string())
         }
-        e @ (ApprovalError::Token(_) | ApprovalError::Store(_)) => ApiError::internal(&e),
+        ApprovalError::Store(e) => e.into(),
+        e @ ApprovalError::Token(_) => ApiError::internal(&e),
     }
 }
 

@@ -21,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::auth::Guardian;
 use super::error::{ApiError, ErrorBody, approval_error};
-use super::views::{ApprovalView, Audience, FlagView};
+use super::views::{ApprovalView, Audience, FlagView, MoneyView};
 use crate::approvals::{ApprovalEvent, GuardianDecision, Notice};
 use crate::policy::document::OverridesDoc;
 use crate::store::approvals::FlagScope;
@@ -169,7 +169,6 @@ pub enum DecisionBody {
 }
 
 /// The longest reason a guardian may give.
-const MAX_REASON: usize = 1_000;
 
 /// Decides a pending request of an actor this guardian guards.
 #[utoipa::path(post, path = "/v1/approvals/{id}/decision", tag = "guardian", params(("id" = String, Path)),
@@ -192,13 +191,9 @@ pub async fn decide(
         DecisionBody::Approve {} => GuardianDecision::Approve,
         DecisionBody::Deny { reason } => {
             // (No NUL either: it cannot be stored as text on PostgreSQL.)
-            if reason
-                .as_ref()
-                .is_some_and(|r| r.len() > MAX_REASON || r.contains('\0'))
-            {
-                return Err(ApiError::bad_request(format!(
-                    "reason: at most {MAX_REASON} bytes, no NUL characters"
-                )));
+            if let Some(reason) = &reason {
+                crate::text::check_field("reason", reason, crate::text::REASON)
+                    .map_err(ApiError::bad_request)?;
             }
             GuardianDecision::Deny {
                 reason: reason.filter(|r| !r.trim().is_empty()),
@@ -366,6 +361,9 @@ pub struct GuardedActorView {
     pub overrides_version: u32,
     #[schema(value_type = Object)]
     pub overrides: Value,
+    /// The spend thresholds in force for the device, one per currency, each with its currency's
+    /// exponent: the vendor's, with this guardian's overrides applied (`overrides` says which).
+    pub spend_thresholds: Vec<MoneyView>,
 }
 
 /// The devices this guardian guards.
@@ -388,10 +386,17 @@ pub async fn actors(
             .overrides(&vendor, &actor)
             .await
             .map_err(map)?;
+        let (_, template) = state.approvals.template(&vendor).await.map_err(map)?;
         out.push(GuardedActorView {
             overrides: serde_json::from_str(&OverridesDoc::from_overrides(&overrides).to_json())
                 .unwrap_or(Value::Null),
             overrides_version: version,
+            spend_thresholds: template
+                .effective(&overrides)
+                .spend_thresholds
+                .iter()
+                .map(MoneyView::from)
+                .collect(),
             vendor,
             actor,
             context_tags,

@@ -67,11 +67,10 @@ pub async fn create_vendor(
             "id: 1 to 64 letters, digits, '-', '_' or '.'",
         ));
     }
-    if body.name.trim().is_empty() || body.name.len() > 200 || body.name.contains(char::is_control)
-    {
-        return Err(ApiError::bad_request(
-            "name: 1 to 200 characters, no control characters",
-        ));
+    crate::text::check_field("name", &body.name, crate::text::NAME)
+        .map_err(ApiError::bad_request)?;
+    if body.name.trim().is_empty() {
+        return Err(ApiError::bad_request("name must not be blank"));
     }
     if !state
         .approvals

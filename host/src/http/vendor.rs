@@ -115,13 +115,13 @@ pub struct ActorView {
     pub token: Option<String>,
 }
 
+/// The most guardians an actor may have.
+pub const MAX_GUARDIANS: usize = 20;
+/// The most context tags an actor may have.
+pub const MAX_TAGS: usize = 32;
+
 fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!(
-            "{what}: 1 to 200 characters, no control characters"
-        )));
-    }
-    Ok(())
+    crate::text::check_field(what, id, crate::text::ID).map_err(ApiError::bad_request)
 }
 
 /// Registers an actor with its tags and guardians (or replaces them), optionally issuing its
@@ -141,11 +141,16 @@ pub async fn register_actor(
             "guardians: an actor needs at least one guardian",
         ));
     }
-    for g in &body.guardians {
-        check_id("guardians", g)?;
+    if body.guardians.len() > MAX_GUARDIANS || body.context_tags.len() > MAX_TAGS {
+        return Err(ApiError::bad_request(format!(
+            "an actor has at most {MAX_GUARDIANS} guardians and {MAX_TAGS} context tags"
+        )));
     }
-    for t in &body.context_tags {
-        check_id("context_tags", t)?;
+    for (i, g) in body.guardians.iter().enumerate() {
+        check_id(&format!("guardians[{i}]"), g)?;
+    }
+    for (i, t) in body.context_tags.iter().enumerate() {
+        check_id(&format!("context_tags[{i}]"), t)?;
     }
     state
         .approvals

@@ -115,7 +115,7 @@ pub async fn right_edge(
         .map(|hashes| RightEdge { size, hashes }))
 }
 
-/// Appends `entries` (in order) and their stored hashes, and stores `payloads` (by SHA-256,
+/// Appends `entries` (in order, each with its canonical bytes) and their stored hashes, and stores `payloads` (by SHA-256,
 /// hex; ones already stored, or named twice, are kept once), inside the caller's transaction;
 /// returns the index of the first entry and the new right edge (none when there were no
 /// entries). Updating `audit_head` makes concurrent appenders, on any replica, wait for this
@@ -127,7 +127,7 @@ pub async fn right_edge(
 /// A database failure, or stored hashes missing from the tree's right edge (a damaged log).
 pub async fn append(
     conn: &mut AnyConnection,
-    entries: &[Entry],
+    entries: &[(Entry, Vec<u8>)],
     payloads: &[(String, Vec<u8>)],
     known: Option<&RightEdge>,
 ) -> Result<(u64, Option<RightEdge>), StoreError> {
@@ -178,8 +178,7 @@ pub async fn append(
                 .hashes
         }
     };
-    let encoded: Vec<Vec<u8>> = entries.iter().map(Entry::encode).collect();
-    let leaves: Vec<Hash> = encoded.iter().map(|b| merkle::leaf_hash(b)).collect();
+    let leaves: Vec<Hash> = entries.iter().map(|(_, b)| merkle::leaf_hash(b)).collect();
     let cache = HashCache::new();
     cache.insert(edge);
     let hashes = merkle::append(start, &leaves, &cache)
@@ -199,7 +198,7 @@ pub async fn append(
     };
 
     let mut rest = Statements::default();
-    let rows: Vec<_> = (start..).zip(entries.iter().zip(&encoded)).collect();
+    let rows: Vec<_> = (start..).zip(entries).collect();
     rest.push_rows(
         conn,
         (

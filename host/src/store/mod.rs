@@ -63,6 +63,9 @@ pub enum StoreError {
     /// A write was ready but the transaction it shared with others failed: nothing was stored.
     #[error("the write batch failed: {0}")]
     BatchFailed(String),
+    /// A write produced an audit entry over the verifier's limit: it was refused and undone.
+    #[error("an audit entry of {0} bytes is over the log's limit; the write was refused")]
+    EntryTooLarge(usize),
 }
 
 impl StoreError {
