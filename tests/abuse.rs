@@ -215,9 +215,19 @@ on_both_backends!(
 );
 async fn same_params_other_action(db: TestDb) {
     let w = world(&db).await;
-    // Params both a ¥600 payment and a banking credential can be read from: each needs a
-    // guardian, and neither is the other.
-    let params = json!({"amount": 60_000, "currency": "CNY", "recipient": "bank", "service": "bank", "category": "banking"});
+    // Undeclared generic kinds go to a guardian here, so an agent's own `pay` with a ¥600
+    // payment's params needs one as the typed payment does: each needs a guardian, and neither
+    // is the other.
+    let (status, body) = w
+        .host
+        .put(
+            "/v1/vendor/policy",
+            &w.vendor,
+            json!({"generic_actions": {"undeclared": "escalate"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let params = json!({"amount": 60_000, "currency": "CNY", "recipient": "bank"});
     let ask = |action: &str| {
         w.host.post(
             "/v1/approvals",
@@ -227,12 +237,13 @@ async fn same_params_other_action(db: TestDb) {
     };
     let (status, payment) = ask("payment").await;
     assert_eq!(status, 202, "{payment}");
-    let (status, credential) = ask("cred.put").await;
+    let (status, credential) = ask("pay").await;
     assert_eq!(status, 202, "{credential}");
     assert_ne!(credential["id"], payment["id"]);
-    assert_eq!(credential["action"], "cred.put");
+    assert_eq!(credential["action"], "pay");
+    assert_eq!(credential["rule"], "builtin.undeclared_action");
     // Each is joined by its own retry.
-    let (_, again) = ask("cred.put").await;
+    let (_, again) = ask("pay").await;
     assert_eq!(again["id"], credential["id"], "{again}");
     let (_, again) = ask("payment").await;
     assert_eq!(again["id"], payment["id"], "{again}");

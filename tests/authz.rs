@@ -375,7 +375,8 @@ async fn world(db: &TestDb) -> World {
             .put(
                 "/v1/vendor/policy",
                 key,
-                json!({"plugin_limits": {"deadline_ms": 10000}}),
+                json!({"plugin_limits": {"deadline_ms": 10000},
+                    "generic_actions": {"declared": ["lights.on"]}}),
             )
             .await;
         assert_eq!(status, 200, "{body}");

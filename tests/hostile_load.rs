@@ -273,6 +273,7 @@ async fn setup(api: &Api) -> World {
         &json!({
             "spend_thresholds": {"CNY": 50_000, "EUR": 100_000_000},
             "max_approval_requests_per_hour": 1_000_000,
+            "generic_actions": {"declared": ["lights.on"]},
             "plugin_limits": {"deadline_ms": 250},
             "settings": {
                 "blocked-merchant-categories": "gambling",
@@ -290,7 +291,8 @@ async fn setup(api: &Api) -> World {
     let c_key = api.create_vendor(VENDOR_C).await;
     api.put_policy(
         &c_key,
-        &json!({"max_approval_requests_per_hour": 1_000_000}),
+        &json!({"max_approval_requests_per_hour": 1_000_000,
+            "generic_actions": {"declared": ["lights.on"]}}),
     )
     .await;
     let c = actors(c_key, "c", 2).await;
@@ -299,7 +301,8 @@ async fn setup(api: &Api) -> World {
     let b_key = api.create_vendor(VENDOR_B).await;
     api.put_policy(
         &b_key,
-        &json!({"plugin_fail_mode": "deny", "max_approval_requests_per_hour": 1_000_000}),
+        &json!({"plugin_fail_mode": "deny", "max_approval_requests_per_hour": 1_000_000,
+            "generic_actions": {"declared": ["lights.on"]}}),
     )
     .await;
     for (file, _, _) in HOSTILE {

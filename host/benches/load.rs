@@ -245,7 +245,8 @@ impl Api {
                 "plugin_limits": {"deadline_ms": deadline_ms},
                 "max_approval_requests_per_hour": 1_000_000,
                 "ttl_seconds": {"default": 86_400},
-                "settings": {"max-payments-per-hour": "1000000000"}
+                "settings": {"max-payments-per-hour": "1000000000"},
+                "generic_actions": {"declared": ["lights.on"]}
             })),
         )
         .await;

@@ -225,3 +225,25 @@ mod tests {
         );
     }
 }
+
+/// The action kinds the host knows; any other kind is a generic action.
+pub mod kinds {
+    pub const PAYMENT: &str = "payment";
+    pub const CREDENTIAL_PUT: &str = "cred.put";
+    pub const MEMORY_WRITE: &str = "memory.write";
+    pub const CAPABILITY_MINT: &str = "capability.mint";
+    /// The typed kinds, whose params the host reads.
+    pub const TYPED: [&str; 4] = [PAYMENT, CREDENTIAL_PUT, MEMORY_WRITE, CAPABILITY_MINT];
+}
+
+/// Longest action kind accepted.
+pub const MAX_KIND_LEN: usize = 64;
+
+/// Whether `kind` is a well-formed action kind: 1 to [`MAX_KIND_LEN`] of a-z, 0-9, '.', '_', '-'.
+pub fn is_action_kind(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= MAX_KIND_LEN
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}

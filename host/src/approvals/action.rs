@@ -7,16 +7,8 @@ use crate::policy::is_currency_code;
 use crate::risk::{Action, Money};
 use crate::text;
 
-/// The action kinds the host knows; any other kind is a generic action.
-pub mod kinds {
-    pub const PAYMENT: &str = "payment";
-    pub const CREDENTIAL_PUT: &str = "cred.put";
-    pub const MEMORY_WRITE: &str = "memory.write";
-    pub const CAPABILITY_MINT: &str = "capability.mint";
-}
-
-/// Longest action kind accepted.
-pub const MAX_KIND_LEN: usize = 64;
+pub use crate::risk::kinds;
+pub use crate::risk::{MAX_KIND_LEN, is_action_kind};
 
 /// The largest integer a param may hold, 2^53 − 1: RFC 8785 writes numbers as IEEE 754
 /// doubles, so two larger integers can share a canonical form, and with it a `params_hash`.
@@ -112,12 +104,7 @@ fn safe_numbers(path: &mut String, value: &Value) -> Result<(), String> {
 /// # Errors
 /// What is missing or malformed, in words an agent developer can act on.
 pub fn parse(kind: &str, params: &Value) -> Result<Action, String> {
-    if kind.is_empty()
-        || kind.len() > MAX_KIND_LEN
-        || !kind
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-    {
+    if !is_action_kind(kind) {
         return Err(problem(
             "action must be 1 to 64 characters of a-z, 0-9, '.', '_' or '-'",
         ));

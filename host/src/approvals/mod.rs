@@ -1009,7 +1009,11 @@ impl ApprovalService {
             policy: effective,
             history,
         };
-        let builtin = policy::builtin_hits(&template.triggers, &input.policy, &input.request);
+        let mut builtin = policy::builtin_hits(&template.triggers, &input.policy, &input.request);
+        builtin.extend(policy::undeclared_hit(
+            &template.generic_actions,
+            &input.request.action,
+        ));
         let (verdicts, runs) = self.run_plugins(&input, &template).await;
         let assessment = policy::combine(builtin, &verdicts, template.plugin_fail_mode);
 

@@ -116,7 +116,7 @@ pub struct ActorView {
 }
 
 /// The most guardians an actor may have.
-pub const MAX_GUARDIANS: usize = 20;
+pub const MAX_GUARDIANS: usize = 64;
 /// The most context tags an actor may have.
 pub const MAX_TAGS: usize = 32;
 

@@ -15,7 +15,8 @@
 //!   "plugin_limits": { "fuel": 50000000, "deadline_ms": 10, "memory_bytes": 33554432 },
 //!   "override_bounds": { "spend_thresholds": { "CNY": { "min": 0, "max": 100000 } },
 //!                        "mint_ratio_percent": { "min": 50, "max": 100 } },
-//!   "settings": { "max-payments-per-hour": "5" }
+//!   "settings": { "max-payments-per-hour": "5" },
+//!   "generic_actions": { "declared": ["lights.on", "story.play"], "undeclared": "deny" }
 //! }
 //! ```
 
@@ -25,7 +26,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ActorOverrides, FailMode, OverrideBounds, PolicyError, PolicyTemplate, ThresholdBound, Triggers,
+    ActorOverrides, FailMode, GenericActions, OverrideBounds, PolicyError, PolicyTemplate,
+    ThresholdBound, Triggers, Undeclared,
 };
 use crate::plugin::PluginLimits;
 use crate::risk::Money;
@@ -55,6 +57,27 @@ pub struct TemplateDoc {
     pub override_bounds: Option<BoundsDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generic_actions: Option<GenericActionsDoc>,
+}
+
+/// The generic action kinds a vendor declares; a request of any other generic kind is denied
+/// (`undeclared: "deny"`, the default) or sent to a guardian (`"escalate"`), never allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericActionsDoc {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declared: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undeclared: Option<UndeclaredDoc>,
+}
+
+/// `deny` (default) or `escalate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UndeclaredDoc {
+    Deny,
+    Escalate,
 }
 
 /// Which built-in triggers are on; an omitted one stays on.
@@ -248,6 +271,16 @@ impl TemplateDoc {
                 .flatten()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            generic_actions: self.generic_actions.as_ref().map_or_else(
+                GenericActions::default,
+                |g| GenericActions {
+                    declared: g.declared.clone(),
+                    undeclared: match g.undeclared {
+                        Some(UndeclaredDoc::Escalate) => Undeclared::Escalate,
+                        Some(UndeclaredDoc::Deny) | None => Undeclared::Deny,
+                    },
+                },
+            ),
         };
         template.validate(platform_max)?;
         Ok(template)

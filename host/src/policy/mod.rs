@@ -8,7 +8,10 @@ pub mod document;
 use std::time::Duration;
 
 use crate::plugin::{PluginError, PluginLimits};
-use crate::risk::{Action, CounterOffer, Decision, EffectivePolicy, Money, RiskRequest, Verdict};
+use crate::risk::{
+    Action, CounterOffer, Decision, EffectivePolicy, Money, RiskRequest, Verdict, is_action_kind,
+    kinds,
+};
 
 /// Stable ids of the built-in triggers.
 pub mod rules {
@@ -26,6 +29,32 @@ pub mod rules {
     pub const MINT_EXCEEDS_PARENT: &str = "builtin.mint_exceeds_parent_scope";
     /// A plugin failed and the vendor's fail mode decided.
     pub const PLUGIN_FAILED: &str = "plugin.failed";
+    /// A generic action kind the vendor's template does not declare.
+    pub const UNDECLARED_ACTION: &str = "builtin.undeclared_action";
+}
+
+/// The most generic action kinds a template may declare.
+pub const MAX_GENERIC_ACTIONS: usize = 200;
+
+/// The generic action kinds (any kind but the typed ones) a vendor's template declares, and how
+/// a request for one it does not declare is answered. An agent names its action kind itself, so
+/// an undeclared kind (a `pay` beside the typed `payment`) must never get a silent token.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GenericActions {
+    /// The declared kinds: classified like any request (the triggers and the plugins decide).
+    pub declared: Vec<String>,
+    /// What a request of any other generic kind gets: denied (the default) or sent to a guardian.
+    pub undeclared: Undeclared,
+}
+
+/// How a request of an undeclared generic kind is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Undeclared {
+    /// Denied, with the rule [`rules::UNDECLARED_ACTION`] (the default).
+    #[default]
+    Deny,
+    /// A guardian decides.
+    Escalate,
 }
 
 /// The namespace the family-write trigger guards, and the tag that makes a device family.
@@ -112,6 +141,8 @@ pub struct PolicyTemplate {
     pub override_bounds: OverrideBounds,
     /// The vendor's own settings, passed to its plugins.
     pub settings: Vec<(String, String)>,
+    /// The generic action kinds the vendor declares, and how others are answered.
+    pub generic_actions: GenericActions,
 }
 
 impl Default for PolicyTemplate {
@@ -129,6 +160,7 @@ impl Default for PolicyTemplate {
             plugin_limits: PluginLimits::default(),
             override_bounds: OverrideBounds::default(),
             settings: policy.settings,
+            generic_actions: GenericActions::default(),
         }
     }
 }
@@ -227,6 +259,30 @@ impl PolicyTemplate {
                     ),
                 ));
             }
+        }
+        let declared = &self.generic_actions.declared;
+        if declared.len() > MAX_GENERIC_ACTIONS {
+            return Err(PolicyError::invalid(
+                "generic_actions.declared",
+                format!("at most {MAX_GENERIC_ACTIONS} kinds"),
+            ));
+        }
+        for kind in declared {
+            if kinds::TYPED.contains(&kind.as_str()) || !is_action_kind(kind) {
+                return Err(PolicyError::invalid(
+                    "generic_actions.declared",
+                    format!(
+                        "{:?} is not a generic action kind (1 to 64 of a-z, 0-9, '.', '_', '-'; not a typed kind)",
+                        kind.chars().take(64).collect::<String>()
+                    ),
+                ));
+            }
+        }
+        if has_duplicates(declared.iter().map(String::as_str)) {
+            return Err(PolicyError::invalid(
+                "generic_actions.declared",
+                "a kind appears twice",
+            ));
         }
         if self.max_approval_requests_per_hour == 0 {
             return Err(PolicyError::invalid(
@@ -524,6 +580,32 @@ pub fn builtin_hits(
         _ => {}
     }
     hits
+}
+
+/// The built-in rule that answers a generic action the template does not declare, if `action`
+/// is one.
+pub fn undeclared_hit(generic: &GenericActions, action: &Action) -> Option<RuleHit> {
+    let Action::Other { kind, .. } = action else {
+        return None;
+    };
+    if generic.declared.iter().any(|k| k == kind) {
+        return None;
+    }
+    Some(RuleHit {
+        source: RuleSource::Builtin,
+        verdict: Verdict {
+            decision: match generic.undeclared {
+                Undeclared::Deny => Decision::Deny,
+                Undeclared::Escalate => Decision::Escalate,
+            },
+            rule_id: rules::UNDECLARED_ACTION.to_owned(),
+            reason: format!(
+                "the vendor's policy does not declare the action {kind:?} (generic_actions.declared)"
+            ),
+            ttl: None,
+            counter_offer: None,
+        },
+    })
 }
 
 /// A plugin's classification as the policy sees it.

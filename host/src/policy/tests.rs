@@ -222,6 +222,41 @@ fn template_values_and_per_action_ttls_apply() {
 }
 
 #[test]
+fn an_undeclared_generic_action_is_denied_by_default_never_allowed() {
+    let lights = Action::Other {
+        kind: "lights.on".into(),
+        params_json: "{}".into(),
+    };
+    let pay = Action::Other {
+        kind: "pay".into(),
+        params_json: r#"{"amount":6000000,"currency":"CNY","recipient":"x"}"#.into(),
+    };
+    let hit = |template: &PolicyTemplate, action: &Action| {
+        undeclared_hit(&template.generic_actions, action)
+            .map(|h| (h.verdict.rule_id, h.verdict.decision))
+    };
+    let default = template("{}").unwrap();
+    let denied = Some((rules::UNDECLARED_ACTION.to_owned(), Decision::Deny));
+    assert_eq!(hit(&default, &lights), denied);
+    assert_eq!(hit(&default, &pay), denied);
+    assert_eq!(
+        hit(&default, &super::tests::pay(100, "CNY")),
+        None,
+        "typed kinds"
+    );
+    let declared = template(r#"{"generic_actions":{"declared":["lights.on"]}}"#).unwrap();
+    assert_eq!(hit(&declared, &lights), None);
+    assert_eq!(hit(&declared, &pay), denied);
+    let escalating =
+        template(r#"{"generic_actions":{"declared":["lights.on"],"undeclared":"escalate"}}"#)
+            .unwrap();
+    assert_eq!(
+        hit(&escalating, &pay),
+        Some((rules::UNDECLARED_ACTION.to_owned(), Decision::Escalate))
+    );
+}
+
+#[test]
 fn bad_templates_are_refused_naming_the_field() {
     let cases = [
         (r#"{"spend_thresholds":{"yen":1}}"#, "spend_thresholds"),
@@ -247,6 +282,22 @@ fn bad_templates_are_refused_naming_the_field() {
             "spend_thresholds.CNY",
         ),
         (r#"not json"#, "template"),
+        (
+            r#"{"generic_actions":{"declared":["payment"]}}"#,
+            "generic_actions.declared",
+        ),
+        (
+            r#"{"generic_actions":{"declared":["Lights On"]}}"#,
+            "generic_actions.declared",
+        ),
+        (
+            r#"{"generic_actions":{"declared":["a","a"]}}"#,
+            "generic_actions.declared",
+        ),
+        (
+            r#"{"generic_actions":{"undeclared":"allow"}}"#,
+            "generic_actions.undeclared",
+        ),
     ];
     for (json, field) in cases {
         match template(json) {
