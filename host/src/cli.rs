@@ -489,8 +489,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(admin) = demo_admin {
         let info = server::seed_demo(&host, &base_url, &admin).await?;
         let path = config.data_dir.join("demo.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&info)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        approval_host::files::write_private(
+            &path,
+            serde_json::to_string_pretty(&info)?.as_bytes(),
+        )?;
         print_demo(&info, &path);
     } else {
         println!("approval-host listening on {base_url}");

@@ -12,6 +12,8 @@
 //! [guardian_sessions]
 //! issuer = "https://accounts.example.com"
 //! public_keys = ["base64url Ed25519 public key", "…"]
+//! audience = "https://approvals.example.com"  # the `aud` sessions must name; required with issuer
+//! max_lifetime_s = 86400                  # the longest `exp - iat` accepted
 //!
 //! [audit]
 //! origin = "approvals.example.com/audit"
@@ -30,7 +32,7 @@
 //! Environment overrides: `APPROVAL_HOST_LISTEN`, `APPROVAL_HOST_PUBLIC_URL`,
 //! `APPROVAL_HOST_DATABASE_URL`, `APPROVAL_HOST_DATA_DIR`, `APPROVAL_HOST_ADMIN_TOKEN`,
 //! `APPROVAL_HOST_AUDIT_ORIGIN`, `APPROVAL_HOST_SESSION_ISSUER`,
-//! `APPROVAL_HOST_SESSION_PUBLIC_KEYS` (comma-separated).
+//! `APPROVAL_HOST_SESSION_PUBLIC_KEYS` (comma-separated), `APPROVAL_HOST_SESSION_AUDIENCE`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,16 +62,41 @@ pub struct ServeConfig {
 }
 
 /// Where guardian sessions come from.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionsConfig {
-    /// The `iss` of session JWTs.
+    /// The `iss` of session JWTs. Its guardians are named by their bare `sub`.
     pub issuer: Option<String>,
     /// The account system's Ed25519 public keys (base64 or base64url).
     pub public_keys: Vec<String>,
+    /// The `aud` the issuer's sessions must name (alone or in an array): required with `issuer`,
+    /// so that a session the account system made for another service is not one for this host.
+    pub audience: Option<String>,
+    /// The longest a session may last (`exp - iat`), in seconds, for every issuer.
+    pub max_lifetime_s: u64,
     /// Also trust the development issuer whose key is in `data_dir` (what `approval-host dev
-    /// guardian-token` signs with). For demos and tests only.
+    /// guardian-token` signs with), for the audience `approval-host`. For demos and tests only.
+    /// Beside `issuer`, its guardians are named `approval-host-dev:<sub>`.
     pub trust_dev_issuer: bool,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            public_keys: Vec::new(),
+            audience: None,
+            max_lifetime_s: 24 * 3600,
+            trust_dev_issuer: false,
+        }
+    }
+}
+
+impl SessionsConfig {
+    /// The longest a session may last.
+    pub fn max_lifetime(&self) -> Duration {
+        Duration::from_secs(self.max_lifetime_s)
+    }
 }
 
 /// The audit log.
@@ -246,6 +273,9 @@ impl ServeConfig {
                 .map(str::to_owned)
                 .collect();
         }
+        if let Some(audience) = env("APPROVAL_HOST_SESSION_AUDIENCE") {
+            config.guardian_sessions.audience = Some(audience);
+        }
         Ok(config)
     }
 
@@ -298,6 +328,36 @@ mod tests {
                 .database_url()
                 .ends_with("approval-host-data/approval-host.db?mode=rwc")
         );
+    }
+
+    #[test]
+    fn the_session_audience_and_lifetime_from_the_file_then_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.toml");
+        std::fs::write(
+            &path,
+            "[guardian_sessions]\nissuer = \"https://accounts.example\"\naudience = \"from-file\"\nmax_lifetime_s = 3600\n",
+        )
+        .unwrap();
+        let config = ServeConfig::load(Some(&path), |_| None).unwrap();
+        assert_eq!(
+            config.guardian_sessions.audience.as_deref(),
+            Some("from-file")
+        );
+        assert_eq!(
+            config.guardian_sessions.max_lifetime(),
+            Duration::from_secs(3600)
+        );
+        let env =
+            |name: &str| (name == "APPROVAL_HOST_SESSION_AUDIENCE").then(|| "from-env".to_owned());
+        let config = ServeConfig::load(Some(&path), env).unwrap();
+        assert_eq!(
+            config.guardian_sessions.audience.as_deref(),
+            Some("from-env")
+        );
+        let defaults = ServeConfig::default().guardian_sessions;
+        assert_eq!(defaults.audience, None);
+        assert_eq!(defaults.max_lifetime(), Duration::from_secs(24 * 3600));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod canonical;
 pub mod clock;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod plugin;
 pub mod policy;

@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::access::{Access, SessionIssuer, SessionVerifier, public_key_from_text};
+use crate::access::{
+    Access, SessionIssuer, SessionIssuers, SessionRules, SessionVerifier, public_key_from_text,
+};
 use crate::approvals::{ApprovalConfig, ApprovalService, NewRequest};
 use crate::audit::{AuditConfig, AuditLog};
 use crate::clock::Clock;
@@ -66,13 +68,72 @@ pub fn dev_session_issuer(data_dir: &Path) -> anyhow::Result<SessionIssuer> {
             rand::rngs::SysRng
                 .try_fill_bytes(&mut seed)
                 .context("no randomness for the development session key")?;
-            std::fs::create_dir_all(data_dir)?;
-            std::fs::write(&path, hex::encode(seed))
-                .with_context(|| format!("writing {}", path.display()))?;
+            crate::files::private_dir(data_dir)?;
+            crate::files::write_private(&path, hex::encode(seed).as_bytes())?;
             seed
         }
     };
     Ok(SessionIssuer::new(DEV_ISSUER, &seed))
+}
+
+/// The issuers whose guardian sessions the host accepts, and the development issuer when it is
+/// one of them. The configured issuer is the primary one (guardians named by their bare `sub`);
+/// the development issuer is primary when it is alone, and beside the configured one names its
+/// guardians `approval-host-dev:<sub>`, so that its sessions never act as that issuer's guardians.
+///
+/// # Errors
+/// An issuer without an audience, a bad public key, a zero lifetime, or the development key
+/// cannot be read or written.
+fn guardian_sessions(
+    config: &ServeConfig,
+) -> anyhow::Result<(SessionIssuers, Option<SessionIssuer>)> {
+    let sessions = &config.guardian_sessions;
+    anyhow::ensure!(
+        sessions.max_lifetime_s > 0,
+        "guardian_sessions.max_lifetime_s must be at least 1 (seconds)"
+    );
+    let mut verifiers = Vec::new();
+    if let Some(issuer) = &sessions.issuer {
+        let audience = sessions
+            .audience
+            .as_deref()
+            .filter(|audience| !audience.trim().is_empty())
+            .with_context(|| {
+                format!(
+                    "guardian_sessions.audience (or APPROVAL_HOST_SESSION_AUDIENCE) is required with guardian_sessions.issuer: set it to the `aud` that {issuer} puts in the sessions it makes for this host"
+                )
+            })?;
+        let keys = sessions
+            .public_keys
+            .iter()
+            .map(|k| public_key_from_text(k))
+            .collect::<Result<Vec<_>, _>>()
+            .context("guardian_sessions.public_keys")?;
+        let rules = SessionRules {
+            max_lifetime: sessions.max_lifetime(),
+            ..SessionRules::new(audience)
+        };
+        verifiers.push(SessionVerifier::new(issuer, keys, rules));
+    }
+    let dev = if sessions.trust_dev_issuer {
+        let issuer = dev_session_issuer(&config.data_dir)?;
+        let verifier = issuer.verifier().with_max_lifetime(sessions.max_lifetime());
+        verifiers.push(if verifiers.is_empty() {
+            verifier
+        } else {
+            verifier.with_guardian_prefix(DEV_ISSUER)
+        });
+        Some(issuer)
+    } else {
+        None
+    };
+    let issuers = SessionIssuers::new(verifiers).context("guardian_sessions")?;
+    if issuers.is_empty() {
+        tracing::warn!(
+            "no guardian session issuer is configured: guardians cannot sign in (set guardian_sessions.issuer, public_keys and audience)"
+        );
+    }
+    Ok((issuers, dev))
 }
 
 impl Host {
@@ -84,12 +145,19 @@ impl Host {
     pub async fn start(config: &ServeConfig, options: HostOptions) -> anyhow::Result<Host> {
         // Webhook deliveries use rustls with ring; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        crate::files::private_dir(&config.data_dir)?;
+        let (sessions, dev_sessions) = guardian_sessions(config)?;
         let url = config.database_url();
-        let db = Db::connect(&url)
-            .await
-            .with_context(|| format!("opening the database {url}"))?;
+        let db = Db::connect(&url).await.with_context(|| {
+            format!("opening the database {}", crate::store::redacted_url(&url))
+        })?;
+        if db.backend() == crate::store::Backend::Sqlite
+            && let Ok(Some(path)) = crate::store::sqlite_file(&url)
+        {
+            let wal = path.with_extension("db-wal");
+            let shm = path.with_extension("db-shm");
+            crate::files::make_private([path.as_path(), wal.as_path(), shm.as_path()])?;
+        }
         let clock = options.clock;
         let signing_key = match &config.audit.signing_key_file {
             Some(path) => Some(
@@ -147,29 +215,6 @@ impl Host {
             ApprovalConfig::default(),
         ));
 
-        let mut sessions = Vec::new();
-        if let Some(issuer) = &config.guardian_sessions.issuer {
-            let keys = config
-                .guardian_sessions
-                .public_keys
-                .iter()
-                .map(|k| public_key_from_text(k))
-                .collect::<Result<Vec<_>, _>>()
-                .context("guardian_sessions.public_keys")?;
-            sessions.push(SessionVerifier::new(issuer, keys));
-        }
-        let dev_sessions = if config.guardian_sessions.trust_dev_issuer {
-            let issuer = dev_session_issuer(&config.data_dir)?;
-            sessions.push(issuer.verifier());
-            Some(issuer)
-        } else {
-            None
-        };
-        if sessions.is_empty() {
-            tracing::warn!(
-                "no guardian session issuer is configured: guardians cannot sign in (set guardian_sessions.issuer and public_keys)"
-            );
-        }
         let access = Access::new(db.clone(), config.admin_token.as_deref(), sessions);
         let webhooks = Arc::new(
             Webhooks::new(db.clone(), config.webhooks.clone(), Arc::clone(&clock))

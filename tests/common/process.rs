@@ -189,6 +189,7 @@ admin_token = "{ADMIN}"
 
 [guardian_sessions]
 issuer = "{SESSION_ISSUER}"
+audience = "approval-host"
 public_keys = ["{public_key}"]
 
 [audit]

@@ -52,6 +52,9 @@ pub enum ApprovalError {
     Expired(Box<ApprovalRecord>),
     #[error("the revision widens the request: {0}")]
     RevisionNotNarrower(String),
+    /// A replay is already running for this vendor, or the host runs as many as it allows.
+    #[error("a replay is already running: try again when it has finished")]
+    ReplayBusy,
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error("capability token: {0}")]
@@ -73,6 +76,7 @@ impl ApprovalError {
             ApprovalError::AlreadyDecided(_) => "already_decided",
             ApprovalError::Expired(_) => "approval_timeout",
             ApprovalError::RevisionNotNarrower(_) => "revision_not_narrower",
+            ApprovalError::ReplayBusy => "replay_busy",
             ApprovalError::Policy(e) => e.code(),
             ApprovalError::Token(_) | ApprovalError::Store(_) => "internal",
         }
@@ -279,6 +283,50 @@ pub struct ApprovalService {
     events: broadcast::Sender<ApprovalEvent>,
     /// What every request reads and hardly anything changes (see [`crate::store::cache`]).
     cached: Settings,
+    /// The vendors whose replay is running: one each, [`MAX_REPLAYS`] on the host.
+    replays: Replays,
+}
+
+/// The most plugin replays the host runs at once (each reads up to 5,000 records and runs the
+/// plugin over each).
+pub const MAX_REPLAYS: usize = 2;
+
+/// The vendors whose plugin replay is running.
+#[derive(Debug, Default)]
+struct Replays(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl Replays {
+    /// A place for `vendor`'s replay: none while another of its replays runs or the host runs
+    /// [`MAX_REPLAYS`].
+    fn enter(&self, vendor: &str) -> Result<ReplaySlot<'_>, ApprovalError> {
+        let mut running = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if running.len() >= MAX_REPLAYS || !running.insert(vendor.to_owned()) {
+            return Err(ApprovalError::ReplayBusy);
+        }
+        Ok(ReplaySlot {
+            replays: self,
+            vendor: vendor.to_owned(),
+        })
+    }
+}
+
+/// A running replay's place, given back when it ends.
+struct ReplaySlot<'a> {
+    replays: &'a Replays,
+    vendor: String,
+}
+
+impl Drop for ReplaySlot<'_> {
+    fn drop(&mut self) {
+        self.replays
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.vendor);
+    }
 }
 
 /// Cached settings: what a request reads of its actor, actors' guardians, vendors' templates.
@@ -660,6 +708,7 @@ impl ApprovalService {
             config,
             events: broadcast::channel(1024).0,
             cached,
+            replays: Replays::default(),
         }
     }
 
@@ -976,10 +1025,10 @@ impl ApprovalService {
         let Some(actor) = self.actor_settings(&new.vendor, &new.actor).await? else {
             return Err(ApprovalError::UnknownActor);
         };
-        if let Some(key) = &new.idempotency_key {
-            if let Some(found) = self.replay(&new, key, &params_hash).await? {
-                return Ok(found);
-            }
+        if let Some(key) = &new.idempotency_key
+            && let Some(found) = self.replay(&new, key, &params_hash).await?
+        {
+            return Ok(found);
         }
         let now = self.clock.now_ms();
         let (history, flagged_at) = rows::history(&self.db, &new.vendor, &new.actor, now).await?;
@@ -1500,13 +1549,15 @@ impl ApprovalService {
     /// device tags in force now. Nothing is stored.
     ///
     /// # Errors
-    /// A database failure.
+    /// [`ApprovalError::ReplayBusy`] while another replay of the vendor's runs, or
+    /// [`MAX_REPLAYS`] of any vendors'; a database failure.
     pub async fn replay_plugin(
         &self,
         vendor: &str,
         plugin: &crate::plugin::LoadedPlugin,
         limit: u32,
     ) -> Result<Replay, ApprovalError> {
+        let _slot = self.replays.enter(vendor)?;
         let (_, template) = self.template(vendor).await?;
         let runtime = self.plugins.runtime();
         let fail_mode = |_| match template.plugin_fail_mode {
@@ -1863,5 +1914,31 @@ impl ApprovalService {
             Status::TimedOut => ApprovalError::Expired(Box::new(fresh)),
             _ => ApprovalError::AlreadyDecided(Box::new(fresh)),
         })
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::{ApprovalError, MAX_REPLAYS, Replays};
+
+    #[test]
+    fn replays_run_one_per_vendor_and_a_few_on_the_host() {
+        let replays = Replays::default();
+        let first = replays.enter("acme").expect("a free host");
+        assert!(matches!(
+            replays.enter("acme"),
+            Err(ApprovalError::ReplayBusy)
+        ));
+        let others: Vec<_> = (1..MAX_REPLAYS)
+            .map(|i| replays.enter(&format!("v{i}")).expect("room on the host"))
+            .collect();
+        assert!(matches!(
+            replays.enter("other"),
+            Err(ApprovalError::ReplayBusy)
+        ));
+        drop(first);
+        let again = replays.enter("acme").expect("its replay ended");
+        drop((again, others));
+        assert!(replays.0.lock().unwrap().is_empty());
     }
 }

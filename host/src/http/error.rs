@@ -184,6 +184,11 @@ pub fn approval_error(
             "the request timed out before a decision",
         )
         .with_approval(view(&record)),
+        ApprovalError::ReplayBusy => {
+            let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, e.to_string());
+            error.retry_after = Some(5);
+            error
+        }
         ApprovalError::RevisionNotNarrower(m) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, m)
         }

@@ -168,8 +168,6 @@ pub enum DecisionBody {
     Revise { params: Value },
 }
 
-/// The longest reason a guardian may give.
-
 /// Decides a pending request of an actor this guardian guards.
 #[utoipa::path(post, path = "/v1/approvals/{id}/decision", tag = "guardian", params(("id" = String, Path)),
     request_body = DecisionBody, security(("guardian_session" = [])),

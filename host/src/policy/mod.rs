@@ -379,15 +379,17 @@ impl PolicyTemplate {
         }
     }
 
-    /// Checks a guardian's overrides against this template's bounds.
+    /// Checks a guardian's overrides against this template's bounds. A guardian may always
+    /// tighten (a lower threshold or ratio, below the vendor's `min` too); only loosening is
+    /// bounded, by `max`.
     ///
     /// # Errors
-    /// A malformed value, or one outside the vendor's bounds.
+    /// A malformed value, or one looser than the vendor's bounds allow.
     pub fn check_overrides(&self, overrides: &ActorOverrides) -> Result<(), PolicyError> {
         for m in &overrides.spend_thresholds {
             check_currency("spend_thresholds", &m.currency)?;
             let (min, max) = self.threshold_bounds(&m.currency);
-            if !(min..=max).contains(&m.minor_units) {
+            if m.minor_units > max {
                 return Err(PolicyError::OutOfBounds {
                     field: format!("spend_thresholds.{}", m.currency),
                     value: m.minor_units,
@@ -408,8 +410,9 @@ impl PolicyTemplate {
             ));
         }
         if let Some(ratio) = overrides.mint_ratio_percent {
+            check_ratio("mint_ratio_percent", ratio)?;
             let (min, max) = self.override_bounds.mint_ratio_percent;
-            if !(min..=max).contains(&ratio) {
+            if ratio > max {
                 return Err(PolicyError::OutOfBounds {
                     field: "mint_ratio_percent".into(),
                     value: ratio.into(),
@@ -422,24 +425,25 @@ impl PolicyTemplate {
     }
 
     /// The policy in force for an actor: the template with the actor's overrides applied. An
-    /// override the vendor's bounds have since narrowed is clamped into the current bounds.
+    /// override looser than the vendor's current `max` is brought down to it; a tighter one
+    /// stays as the guardian set it, whatever the vendor's `min` (raising `min` never loosens it).
     pub fn effective(&self, overrides: &ActorOverrides) -> EffectivePolicy {
         let mut thresholds = self.spend_thresholds.clone();
         for o in &overrides.spend_thresholds {
-            let (min, max) = self.threshold_bounds(&o.currency);
-            let value = o.minor_units.clamp(min, max);
+            let (_, max) = self.threshold_bounds(&o.currency);
+            let value = o.minor_units.min(max);
             match thresholds.iter_mut().find(|m| m.currency == o.currency) {
                 Some(m) => m.minor_units = value,
                 None => thresholds.push(Money::new(value, &o.currency)),
             }
         }
-        let (lo, hi) = self.override_bounds.mint_ratio_percent;
+        let (_, hi) = self.override_bounds.mint_ratio_percent;
         EffectivePolicy {
             spend_thresholds: thresholds,
             sensitive_categories: self.sensitive_categories.clone(),
             mint_ratio_percent: overrides
                 .mint_ratio_percent
-                .map_or(self.mint_ratio_percent, |r| r.clamp(lo, hi)),
+                .map_or(self.mint_ratio_percent, |r| r.min(hi)),
             default_ttl: self.default_ttl,
             settings: self.settings.clone(),
         }

@@ -351,18 +351,45 @@ fn overrides_tighten_freely_but_loosen_only_within_the_vendors_bounds() {
         generous.effective(&looser).spend_thresholds,
         vec![Money::new(80_000, "CNY")]
     );
-    let too_low = ActorOverrides {
+    // Below the vendor's `min` is tighter still: a guardian may always ask to be asked more.
+    let below_min = ActorOverrides {
+        spend_thresholds: vec![Money::new(5_000, "CNY")],
+        mint_ratio_percent: Some(10),
+    };
+    generous
+        .check_overrides(&below_min)
+        .expect("tightening below min is allowed");
+    let policy = generous.effective(&below_min);
+    assert_eq!(policy.spend_thresholds, vec![Money::new(5_000, "CNY")]);
+    assert_eq!(policy.mint_ratio_percent, 10);
+    let too_loose = ActorOverrides {
         spend_thresholds: vec![Money::new(5_000, "CNY")],
         mint_ratio_percent: Some(99),
     };
     assert!(matches!(
-        generous.check_overrides(&too_low),
+        generous.check_overrides(&too_loose),
         Err(PolicyError::OutOfBounds { .. })
     ));
-    // Stored before the vendor narrowed its bounds: clamped into them, never beyond.
-    let policy = generous.effective(&too_low);
-    assert_eq!(policy.spend_thresholds, vec![Money::new(10_000, "CNY")]);
+    // Stored before the vendor narrowed its bounds: brought down to its `max`, never loosened
+    // by a `min` the vendor raised.
+    let stored = ActorOverrides {
+        spend_thresholds: vec![Money::new(90_000, "CNY")],
+        mint_ratio_percent: Some(99),
+    };
+    let policy = generous.effective(&stored);
+    assert_eq!(policy.spend_thresholds, vec![Money::new(90_000, "CNY")]);
     assert_eq!(policy.mint_ratio_percent, 95);
+    let raised = template(
+        r#"{"override_bounds":{"spend_thresholds":{"CNY":{"min":40000,"max":50000}},"mint_ratio_percent":{"min":90,"max":95}}}"#,
+    )
+    .expect("valid");
+    let policy = raised.effective(&below_min);
+    assert_eq!(policy.spend_thresholds, vec![Money::new(5_000, "CNY")]);
+    assert_eq!(policy.mint_ratio_percent, 10);
+    assert_eq!(
+        raised.effective(&stored).spend_thresholds,
+        vec![Money::new(50_000, "CNY")]
+    );
 }
 
 #[test]

@@ -75,6 +75,41 @@ impl StoreError {
     }
 }
 
+/// `url` as it may be logged or shown: its password (in the authority, `user:secret@host`, or
+/// a `password=` query parameter) replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    let (head, query) = url
+        .split_once('?')
+        .map_or((url, None), |(h, q)| (h, Some(q)));
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                    let secret = if userinfo.contains(':') { ":***" } else { "" };
+                    format!("{scheme}://{user}{secret}@{host}{path}")
+                }
+                None => head.to_owned(),
+            }
+        }
+        None => head.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
 /// The process-wide connection pool.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -99,7 +134,7 @@ impl Db {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+            return Err(StoreError::UnsupportedUrl(redacted_url(url)));
         };
         let options = AnyPoolOptions::new().max_connections(match backend {
             Backend::Sqlite => 4,
@@ -353,4 +388,30 @@ pub(crate) fn i64_of(value: u64) -> i64 {
 /// A stored signed 64-bit time or count back as unsigned (negative values, never written, as 0).
 pub(crate) fn u64_of(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn a_database_urls_password_never_shows() {
+        assert_eq!(
+            redacted_url("postgres://approvals:s3cret@db:5432/approvals?sslmode=require"),
+            "postgres://approvals:***@db:5432/approvals?sslmode=require"
+        );
+        assert_eq!(
+            redacted_url("postgresql://db/approvals?user=a&password=s3cret"),
+            "postgresql://db/approvals?user=a&password=***"
+        );
+        assert_eq!(
+            redacted_url("postgres://approvals@db/approvals"),
+            "postgres://approvals@db/approvals"
+        );
+        assert_eq!(
+            redacted_url("sqlite:data/approval-host.db?mode=rwc"),
+            "sqlite:data/approval-host.db?mode=rwc"
+        );
+        assert!(!redacted_url("mysql://root:s3cret@db/x").contains("s3cret"));
+    }
 }
