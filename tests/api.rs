@@ -146,7 +146,7 @@ async fn approve(db: TestDb) {
     );
     assert_eq!(
         pushed["amount"],
-        json!({"minor_units": 60000, "currency": "CNY"})
+        json!({"minor_units": 60000, "currency": "CNY", "exponent": 2})
     );
     assert_eq!(pushed["rule"], "builtin.spend_threshold");
     assert!(

@@ -1,9 +1,11 @@
 //! The web console in a real browser: Debian's Chromium, headless, driven by Playwright
 //! (`tests/browser/console.mjs`) against a host on loopback. The guardian sees a ¥600 request
 //! appear without reloading and approves it by retyping the amount while the agent waits for its
-//! token; denies and counter-offers; checks a receipt; sets a device's threshold; sees a volume
-//! notice. The vendor uploads the example plugin (and a refused one), shadows, activates, rolls
-//! back, replays, edits the policy. The platform finds the decision and sees it verified in the
+//! token; denies and counter-offers; sees amounts in currencies of 0 and 3 minor-unit digits (CLP,
+//! KWD) at their true magnitude and retypes them; reads every param of a generic action in full,
+//! as text; checks a receipt; sets a device's thresholds; sees a volume notice. The vendor uploads
+//! the example plugin (and a refused one), shadows, activates, rolls back, replays, edits the
+//! policy. The platform finds the decision and sees it verified in the
 //! browser, then failing once the stored entry is tampered with. Screenshots of every screen at
 //! phone and desktop widths go to `target/browser-screenshots/`.
 //!
@@ -85,12 +87,30 @@ async fn the_console_in_a_real_browser() {
         .put(
             "/v1/vendor/policy",
             &vendor,
-            json!({"plugin_limits": {"deadline_ms": 10000}, "ttl_seconds": {"default": 3600}}),
+            json!({
+                "spend_thresholds": {"CNY": 50000, "KWD": 50000},
+                "generic_actions": {"declared": ["lights.on"]},
+                "plugin_limits": {"deadline_ms": 10000},
+                "ttl_seconds": {"default": 3600},
+            }),
         )
         .await;
     assert_eq!(status, 200, "{body}");
     let agent = host
         .actor(&vendor, "teddy-bear", &["toy"], &["parent-1"])
+        .await;
+    // A second vendor that sends generic actions it does not declare to a guardian (the same one).
+    let lamps = host.vendor("demo-lamps").await;
+    let (status, body) = host
+        .put(
+            "/v1/vendor/policy",
+            &lamps,
+            json!({"generic_actions": {"undeclared": "escalate"}, "ttl_seconds": {"default": 3600}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let lamp = host
+        .actor(&lamps, "desk-lamp", &["home"], &["parent-1"])
         .await;
     let guardian = host.guardian("parent-1");
 
@@ -104,6 +124,7 @@ async fn the_console_in_a_real_browser() {
     let vars = vec![
         ("CONSOLE_URL", host.url.clone()),
         ("AGENT_TOKEN", agent),
+        ("LAMP_TOKEN", lamp),
         ("GUARDIAN_TOKEN", guardian),
         ("VENDOR_TOKEN", vendor),
         ("ADMIN_TOKEN", ADMIN.to_owned()),

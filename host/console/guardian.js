@@ -1,12 +1,13 @@
-// The guardian's view: the inbox, live from the push stream, with a card per request; approve
-// (retyping large amounts), deny or counter-offer; the history with receipts checked in the
-// browser; and per-device thresholds.
+// The guardian's view: the inbox, live from the push stream, with a card per request (a summary
+// in words, and every param exactly as the agent sent it); approve (retyping large amounts), deny
+// or counter-offer; the history with receipts checked in the browser; and per-device thresholds.
+// Amounts are the API's money views, formatted and parsed with their own exponent (ui.js).
 
 import { ApiError, get, post, put, stream } from "/console/api.js";
-import { announce, dialog, field, h, left, minorPerMajor, money, parseMajor, statusBadge, tabbedView, when } from "/console/ui.js";
+import { announce, dialog, field, h, left, majorInput, money, parseMajor, statusBadge, tabbedView, when } from "/console/ui.js";
 import { b64decode, leafHash, openCheckpoint, verifyInclusion } from "/console/verify.js";
 
-/** Payments of at least this many minor units must be retyped to be approved. */
+/** Payments of at least this many minor units (of any currency) must be retyped to be approved. */
 export const RETYPE_FROM = 50000;
 
 function describe(a) {
@@ -15,6 +16,37 @@ function describe(a) {
   if (a.action === "memory.write") return `write "${a.params.key}" in the ${a.params.namespace} memory`;
   if (a.action === "capability.mint") return `mint ${a.params.capability} at scope ${a.params.requested_scope} of ${a.params.parent_scope}`;
   return `do ${a.action}`;
+}
+
+// Characters that do not show as themselves (controls, bidi overrides, zero-width and other
+// format characters, spaces other than U+0020, private or unassigned code points): on the card
+// they are written as \u{…} escapes, so what a guardian reads is what the params hold. (JSON's
+// own line breaks stay: inside strings JSON has already escaped them.)
+const HIDDEN = /(?![\n ])[\p{Cc}\p{Cf}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]/gu;
+
+function visible(text) {
+  return text.replace(HIDDEN, (c) => `\\u{${c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}}`);
+}
+
+/** A param's value as exact text: strings quoted, numbers as sent, nested values as indented JSON. */
+function paramText(value) {
+  return visible(JSON.stringify(value, null, 2) ?? String(value));
+}
+
+/**
+ * Every param of the action, in full and as text (text nodes only, never markup): the summary
+ * above is for reading at a glance, this is what the token will bind.
+ */
+function paramsList(params) {
+  if (params === null || typeof params !== "object" || Array.isArray(params)) {
+    return h("dl", { class: "params" }, h("dt", {}, "params"), h("dd", {}, paramText(params)));
+  }
+  const keys = Object.keys(params);
+  if (!keys.length) return h("p", { class: "hint" }, "No params.");
+  return h("dl", { class: "params" }, keys.flatMap((key) => [
+    h("dt", {}, /^\S(.*\S)?$/su.test(key) ? visible(key) : paramText(key)),
+    h("dd", {}, paramText(params[key])),
+  ]));
 }
 
 function reasons(a) {
@@ -80,6 +112,8 @@ export function guardianView(root, me, onExpired) {
         h("dt", {}, "Decide within"), h("dd", {}, countdown),
         a.similar_requests ? [h("dt", {}, "Asked again"),
           h("dd", {}, `${a.similar_requests} more time${a.similar_requests === 1 ? "" : "s"} with small changes, merged into this request`)] : null),
+      h("p", {}, h("strong", {}, "Exactly what it asks:")),
+      paramsList(a.params),
       h("p", {}, h("strong", {}, "Why you are asked:")),
       reasons(a),
       h("div", { class: "actions" },
@@ -138,7 +172,7 @@ export function guardianView(root, me, onExpired) {
         const [label, input] = field(`Type the amount (${money(a.amount)}) to approve it`, { inputmode: "decimal", autocomplete: "off", name: "retype" });
         const ok = h("button", { type: "submit", class: "good", disabled: true }, "Approve");
         input.addEventListener("input", () => {
-          ok.disabled = parseMajor(input.value, a.amount.currency) !== a.amount.minor_units;
+          ok.disabled = parseMajor(input.value, a.amount) !== a.amount.minor_units;
         });
         const form = h("form", { method: "dialog" },
           h("p", {}, `${a.actor} wants to ${describe(a)}.`), label, input,
@@ -170,7 +204,6 @@ export function guardianView(root, me, onExpired) {
   }
 
   async function counter(a) {
-    const currency = a.amount.currency;
     const amount = await dialog("Offer a smaller amount", (close) => {
       const [label, input] = field(`Amount to allow instead (less than ${money(a.amount)})`, { inputmode: "decimal", autocomplete: "off", name: "counter" });
       const error = h("p", { class: "error", role: "alert" });
@@ -180,7 +213,7 @@ export function guardianView(root, me, onExpired) {
           h("button", { type: "button", class: "secondary", onclick: () => close(undefined) }, "Cancel")));
       form.addEventListener("submit", (ev) => {
         ev.preventDefault();
-        const minor = parseMajor(input.value, currency);
+        const minor = parseMajor(input.value, a.amount);
         if (minor === null || minor <= 0 || minor >= a.amount.minor_units) {
           error.textContent = `Enter an amount above 0 and below ${money(a.amount)}.`;
           return;
@@ -191,7 +224,7 @@ export function guardianView(root, me, onExpired) {
       return form;
     });
     if (amount === undefined) return;
-    await decide(a, { decision: "revise", params: { ...a.params, amount } }, `Offered ${money({ minor_units: amount, currency })} instead`);
+    await decide(a, { decision: "revise", params: { ...a.params, amount } }, `Offered ${money({ ...a.amount, minor_units: amount })} instead`);
   }
 
   async function checkReceipt(a, out) {
@@ -239,27 +272,44 @@ export function guardianView(root, me, onExpired) {
     section.replaceChildren(section.firstChild, h("p", { class: "hint" }, "Ask me before payments above an amount you choose (within the limits the device's maker allows)."), list);
     try {
       for (const d of await get("/v1/guardian/actors")) {
-        const thresholds = (d.overrides && d.overrides.spend_thresholds) || {};
-        const currency = Object.keys(thresholds)[0] || "CNY";
-        const [label, input] = field(`Ask me for payments above (${currency})`, {
-          inputmode: "decimal", name: "threshold",
-          value: thresholds[currency] !== undefined ? (thresholds[currency] / minorPerMajor(currency)).toString() : "",
-          placeholder: "the vendor's default",
+        const own = (d.overrides && d.overrides.spend_thresholds) || {};
+        // One field per currency with a threshold in force; the money views carry the exponent.
+        const fields = (d.spend_thresholds || []).map((m) => {
+          const mine = own[m.currency] !== undefined;
+          const [label, input] = field(`Ask me for payments above (${m.currency})`, {
+            inputmode: "decimal", name: `threshold-${m.currency}`, autocomplete: "off",
+            value: mine ? majorInput({ ...m, minor_units: own[m.currency] }) : "",
+            placeholder: mine ? "the vendor's default" : `the vendor's: ${money(m)}`,
+          });
+          return { m, label, input };
         });
         const out = h("p", { role: "status" });
         const form = h("form", { class: "card", "data-actor": d.actor, "aria-label": `Device ${d.actor}` },
           h("h3", {}, d.actor), h("p", { class: "hint" }, `${d.vendor}${d.context_tags.length ? " · " + d.context_tags.join(", ") : ""}`),
-          label, input, out,
-          h("div", { class: "actions" }, h("button", { type: "submit" }, "Save")));
+          fields.length ? fields.flatMap((f) => [f.label, f.input])
+            : h("p", { class: "hint" }, "The device's maker sets no spend threshold: every payment asks you."),
+          out,
+          fields.length ? h("div", { class: "actions" }, h("button", { type: "submit" }, "Save")) : null);
         form.addEventListener("submit", async (ev) => {
           ev.preventDefault();
-          const minor = parseMajor(input.value, currency);
-          if (minor === null) { out.className = "error"; out.textContent = "Enter an amount, e.g. 300."; return; }
-          const doc = { ...(d.overrides || {}), spend_thresholds: { ...thresholds, [currency]: minor } };
+          const thresholds = { ...own };
+          const set = [];
+          for (const { m, input } of fields) {
+            if (!input.value.trim()) { delete thresholds[m.currency]; continue; }
+            const minor = parseMajor(input.value, m);
+            if (minor === null) {
+              out.className = "error";
+              out.textContent = `Enter an amount in ${m.currency}, e.g. ${majorInput({ ...m, minor_units: 300 * 10 ** m.exponent })}, or leave it empty for the vendor's.`;
+              return;
+            }
+            thresholds[m.currency] = minor;
+            set.push(money({ ...m, minor_units: minor }));
+          }
+          const doc = { ...(d.overrides || {}), spend_thresholds: thresholds };
           try {
             await put(`/v1/actors/${encodeURIComponent(d.actor)}/overrides?vendor=${encodeURIComponent(d.vendor)}`, doc);
             out.className = "notice ok";
-            out.textContent = `Saved: you are asked above ${money({ minor_units: minor, currency })}.`;
+            out.textContent = set.length ? `Saved: you are asked above ${set.join(" and ")}.` : "Saved: the vendor's thresholds apply.";
           } catch (e) {
             if (e instanceof ApiError && e.status === 401) return onExpired();
             out.className = "error";

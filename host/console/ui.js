@@ -42,31 +42,87 @@ export function tabbedView(root, navLabel, tabs, onShow) {
   return { sections, show };
 }
 
-const SYMBOLS = { CNY: "¥", JPY: "¥", USD: "$", EUR: "€", GBP: "£" };
-const DIGITS = { JPY: 0, KRW: 0 };
+// Money: every amount comes from the API as a money view, `{minor_units, currency, exponent}`,
+// where `exponent` is the currency's number of minor-unit digits (ISO 4217, as the host knows
+// it). The console keeps no table of currencies: it formats and parses with that exponent and
+// the browser's locale (Intl.NumberFormat).
 
-/** The number of minor units in one major unit of `currency`. */
-export function minorPerMajor(currency) {
-  return 10 ** (DIGITS[currency] ?? 2);
+/** The formatter of `currency` with exactly `exponent` fraction digits, or null if Intl refuses it. */
+function formatter(currency, exponent) {
+  try {
+    return new Intl.NumberFormat(undefined, {
+      style: "currency", currency, minimumFractionDigits: exponent, maximumFractionDigits: exponent,
+    });
+  } catch {
+    return null;
+  }
 }
 
-/** `{minor_units: 60000, currency: "CNY"}` as "¥600.00". */
+/** `minor_units` as an exact decimal string of major units: 75500 with exponent 3 is "75.500". */
+function majorText(minorUnits, exponent) {
+  const digits = BigInt(minorUnits).toString().padStart(exponent + 1, "0");
+  return exponent ? `${digits.slice(0, -exponent)}.${digits.slice(-exponent)}` : digits;
+}
+
+/**
+ * A money view as the locale writes it: `{minor_units: 60000, currency: "CNY", exponent: 2}` is
+ * "CN¥600.00" in en-US, `{minor_units: 6000, currency: "CLP", exponent: 0}` "CLP 6,000". Without
+ * an exponent it says the minor units, rather than guess a magnitude.
+ */
 export function money(m) {
   if (!m) return "";
-  const digits = DIGITS[m.currency] ?? 2;
-  const major = (m.minor_units / 10 ** digits).toFixed(digits);
-  const symbol = SYMBOLS[m.currency];
-  return symbol ? `${symbol}${major}` : `${major} ${m.currency}`;
+  if (!Number.isInteger(m.exponent) || m.exponent < 0 || m.exponent > 20) return `${m.minor_units} minor units of ${m.currency}`;
+  const text = majorText(m.minor_units, m.exponent);
+  const f = formatter(m.currency, m.exponent);
+  // Intl formats a decimal string exactly (no float rounding of large amounts).
+  return f ? f.format(text) : `${text} ${m.currency}`;
 }
 
-/** Major units typed by a person ("600", "600.00", "¥600") as minor units, or null. */
-export function parseMajor(text, currency) {
-  const cleaned = String(text).replace(/[^0-9.]/g, "");
-  if (!/^\d+(\.\d+)?$/.test(cleaned)) return null;
-  const digits = DIGITS[currency] ?? 2;
-  const [whole, frac = ""] = cleaned.split(".");
-  if (frac.length > digits) return null;
-  return Number(whole) * 10 ** digits + Number(frac.padEnd(digits, "0") || 0);
+/** The group and decimal separators the locale writes amounts of `currency` with. */
+function separators(currency) {
+  const f = formatter(currency, 1) || new Intl.NumberFormat(undefined, { minimumFractionDigits: 1 });
+  const parts = f.formatToParts(1234567.5);
+  return {
+    group: (parts.find((p) => p.type === "group") || { value: "," }).value,
+    decimal: (parts.find((p) => p.type === "decimal") || { value: "." }).value,
+  };
+}
+
+/**
+ * An amount typed by a person in major units of `currency` ("600", "600.00", "CN¥600",
+ * "60,000", written as the locale writes it) as minor units, with `exponent` (the money view's)
+ * fraction digits at most; null when it is not one unambiguous amount (a minus sign, more
+ * fraction digits than the currency has, separators out of place).
+ */
+export function parseMajor(text, { currency, exponent }) {
+  if (!Number.isInteger(exponent) || exponent < 0) return null;
+  let s = String(text).trim();
+  if (/[-\u2212]/.test(s)) return null;
+  // A currency symbol or code before or after the number.
+  s = s.replace(/^[\p{L}\p{Sc}\s]+/u, "").replace(/[\p{L}\p{Sc}\s]+$/u, "");
+  const { group, decimal } = separators(currency);
+  // Where the locale groups with a space, any space typed groups.
+  if (/\s/u.test(group)) s = s.replace(/\s/gu, group);
+  const [whole, frac = "", ...more] = s.split(decimal);
+  if (more.length || !/^[0-9]*$/.test(frac) || frac.length > exponent) return null;
+  const groups = whole.split(group);
+  if (!groups.every((g) => /^[0-9]+$/.test(g))) return null;
+  // Groups after the first: of three digits at the end, of two or three before (as in 12,34,567).
+  if (groups.length > 1 && (groups[0].length > 3 || groups.at(-1).length !== 3
+    || groups.slice(1, -1).some((g) => g.length < 2 || g.length > 3))) return null;
+  const minor = BigInt(groups.join("")) * 10n ** BigInt(exponent) + BigInt(frac.padEnd(exponent, "0") || "0");
+  return minor <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(minor) : null;
+}
+
+/**
+ * A money view as a number to edit, written as `parseMajor` reads it back: the locale's digits
+ * and decimal separator, no grouping, no symbol (40000 KWD fils is "40.000" in en-US).
+ */
+export function majorInput(m) {
+  const text = majorText(m.minor_units, m.exponent);
+  const f = formatter(m.currency, m.exponent);
+  if (!f) return text;
+  return f.formatToParts(text).filter((p) => ["integer", "decimal", "fraction"].includes(p.type)).map((p) => p.value).join("");
 }
 
 /** A timestamp (ms) as a local date and time. */

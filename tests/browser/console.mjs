@@ -63,15 +63,20 @@ async function browser() {
 /** The page in use, for a screenshot when a phase fails. */
 let current = null;
 
+// The locale is pinned: amounts are written as en-US writes them ("CN¥600.00", "CLP 60,000").
 async function signedIn(b, token, width = "phone") {
-  const page = await b.newPage({ viewport: WIDTHS[width] });
+  const page = await b.newPage({ viewport: WIDTHS[width], locale: "en-US" });
   current = page;
   page.on("pageerror", (e) => { throw new Error(`page error: ${e.message}`); });
   await page.goto(`${BASE}/console/#token=${encodeURIComponent(token)}`);
   return page;
 }
 
-const money = (amount) => ({ action: "payment", params: { amount, currency: "CNY", recipient: "toy-shop" } });
+const money = (amount, currency = "CNY") => ({ action: "payment", params: { amount, currency, recipient: "toy-shop" } });
+
+/** The text of every row of a card's params list, as {key: value}. */
+const paramsOf = (card) => card.locator("dl.params").evaluate((dl) =>
+  Object.fromEntries([...dl.querySelectorAll("dt")].map((dt) => [dt.textContent, dt.nextElementSibling.textContent])));
 
 // ---- the guardian ------------------------------------------------------------------------------
 
@@ -90,8 +95,10 @@ async function guardian() {
   const id = asked.body.id;
   const card = page.locator(`article[data-approval="${id}"]`);
   await card.waitFor({ timeout: 10000 });
-  await card.getByText("teddy-bear wants to pay ¥600.00 to toy-shop").waitFor();
+  await card.getByText("teddy-bear wants to pay CN¥600.00 to toy-shop").waitFor();
   await card.getByText("builtin.spend_threshold").waitFor();
+  // Beside the summary, every param as sent.
+  assert.deepEqual(await paramsOf(card), { amount: "60000", currency: '"CNY"', recipient: '"toy-shop"' });
   assert.match(await card.locator(".countdown").innerText(), /^\d+ h \d\d min$|^\d+:\d\d$/);
   await shots(page, "guardian-inbox");
 
@@ -144,6 +151,106 @@ async function guardian() {
   assert.equal(revised.body.revised_params.amount, 30000);
   assert.ok(revised.body.token.token);
 
+  // A currency without minor units (CLP): CLP 60,000, not 600.00; the retype wants 60,000.
+  const clp = await api("POST", "/v1/approvals", agent, money(60000, "CLP"));
+  assert.equal(clp.status, 202, JSON.stringify(clp.body));
+  assert.deepEqual(clp.body.amount, { minor_units: 60000, currency: "CLP", exponent: 0 });
+  const clpCard = page.locator(`article[data-approval="${clp.body.id}"]`);
+  await clpCard.waitFor();
+  await clpCard.getByText(/^teddy-bear wants to pay CLP\s60,000 to toy-shop$/).waitFor();
+  assert.match(await clpCard.locator(".amount").innerText(), /^CLP\s60,000$/);
+  const clpWaiting = api("GET", `/v1/approvals/${clp.body.id}?wait=10`, agent);
+  await clpCard.getByRole("button", { name: "Approve" }).click();
+  const clpRetype = page.getByRole("dialog");
+  const clpConfirm = clpRetype.getByRole("button", { name: "Approve" });
+  await clpRetype.getByText(/^Type the amount \(CLP\s60,000\) to approve it$/).waitFor();
+  // What the old table showed (600.00), 100 times the amount, and a European "60.000".
+  for (const wrong of ["600", "600.00", "6000000", "60.000", "-60000"]) {
+    await clpRetype.getByLabel(/Type the amount/).fill(wrong);
+    assert.ok(await clpConfirm.isDisabled(), `typing ${wrong} does not approve CLP 60,000`);
+  }
+  await clpRetype.getByLabel(/Type the amount/).fill("CLP 60,000");
+  assert.ok(await clpConfirm.isEnabled(), "CLP 60,000 typed as shown approves");
+  await clpRetype.getByLabel(/Type the amount/).fill("60000");
+  await shots(page, "guardian-retype-clp");
+  await clpConfirm.click();
+  assert.equal((await clpWaiting).body.status, "approved");
+  await clpCard.waitFor({ state: "detached" });
+
+  // Three minor-unit digits (KWD): KWD 75.500, not 755.00; retyped, then countered at 50.250.
+  const kwd = await api("POST", "/v1/approvals", agent, money(75500, "KWD"));
+  assert.equal(kwd.status, 202, JSON.stringify(kwd.body));
+  assert.deepEqual(kwd.body.amount, { minor_units: 75500, currency: "KWD", exponent: 3 });
+  const kwdCard = page.locator(`article[data-approval="${kwd.body.id}"]`);
+  await kwdCard.waitFor();
+  await kwdCard.getByText(/^teddy-bear wants to pay KWD\s75\.500 to toy-shop$/).waitFor();
+  assert.match(await kwdCard.locator(".amount").innerText(), /^KWD\s75\.500$/);
+  await shots(page, "guardian-three-digits");
+  await kwdCard.getByRole("button", { name: "Approve" }).click();
+  const kwdRetype = page.getByRole("dialog");
+  const kwdConfirm = kwdRetype.getByRole("button", { name: "Approve" });
+  for (const wrong of ["755", "755.00", "7.55", "75.5001", "7550"]) {
+    await kwdRetype.getByLabel(/Type the amount/).fill(wrong);
+    assert.ok(await kwdConfirm.isDisabled(), `typing ${wrong} does not approve KWD 75.500`);
+  }
+  for (const right of ["75.5", "75.500", "KWD 75.500"]) {
+    await kwdRetype.getByLabel(/Type the amount/).fill(right);
+    assert.ok(await kwdConfirm.isEnabled(), `typing ${right} approves KWD 75.500`);
+  }
+  await kwdRetype.getByRole("button", { name: "Cancel" }).click();
+  await kwdRetype.waitFor({ state: "detached" });
+  await kwdCard.getByRole("button", { name: "Counter-offer" }).click();
+  const kwdOffer = page.getByRole("dialog");
+  await kwdOffer.getByLabel(/Amount to allow instead/).fill("80");
+  await kwdOffer.getByRole("button", { name: "Offer" }).click();
+  await kwdOffer.getByText(/^Enter an amount above 0 and below KWD\s75\.500\.$/).waitFor();
+  await kwdOffer.getByLabel(/Amount to allow instead/).fill("50.25");
+  await kwdOffer.getByRole("button", { name: "Offer" }).click();
+  await kwdCard.waitFor({ state: "detached" });
+  await page.locator("#main").getByText(/^Offered KWD\s50\.250 instead: teddy-bear/).waitFor();
+  const kwdRevised = await api("GET", `/v1/approvals/${kwd.body.id}`, agent);
+  assert.equal(kwdRevised.body.status, "revised");
+  assert.equal(kwdRevised.body.revised_params.amount, 50250);
+
+  // A generic action: every param in full, as text, markup and hidden characters included.
+  const note = "a long note ".repeat(250) + "(the end)";
+  const shared = await api("POST", "/v1/approvals", env("LAMP_TOKEN"), {
+    action: "files.share",
+    params: {
+      path: "/photos/<b>x</b>.jpg",
+      "<img src=x onerror=alert(1)>": "a key of markup",
+      with: { expires_days: 30, people: ["grandma", "the <script>neighbour</script>"] },
+      note,
+      label: "invoice\u202Egnp.exe",
+      public: false,
+      nothing: null,
+    },
+  });
+  assert.equal(shared.status, 202, JSON.stringify(shared.body));
+  const sharedCard = page.locator(`article[data-approval="${shared.body.id}"]`);
+  await sharedCard.waitFor();
+  await sharedCard.getByText("desk-lamp wants to do files.share").waitFor();
+  await sharedCard.getByText("builtin.undeclared_action").waitFor();
+  await sharedCard.locator("dl.params").getByText('"/photos/<b>x</b>.jpg"', { exact: true }).waitFor();
+  assert.deepEqual(await paramsOf(sharedCard), {
+    path: '"/photos/<b>x</b>.jpg"',
+    "<img src=x onerror=alert(1)>": '"a key of markup"',
+    with: JSON.stringify({ expires_days: 30, people: ["grandma", "the <script>neighbour</script>"] }, null, 2),
+    note: JSON.stringify(note),
+    // The right-to-left override is named, not obeyed.
+    label: '"invoice\\u{202E}gnp.exe"',
+    public: "false",
+    nothing: "null",
+  });
+  assert.equal(await sharedCard.locator("b, img, script").count(), 0, "params are text, never markup");
+  const clipped = await sharedCard.locator("dl.params dd").evaluateAll((dds) =>
+    dds.filter((dd) => dd.scrollHeight > dd.clientHeight + 1 || dd.scrollWidth > dd.clientWidth + 1).map((dd) => dd.textContent.slice(0, 40)));
+  assert.deepEqual(clipped, [], "no param is cut off");
+  await shots(page, "guardian-params");
+  await sharedCard.getByRole("button", { name: "Deny" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Deny" }).click();
+  await sharedCard.waitFor({ state: "detached" });
+
   // History, with the receipt checked in the browser.
   await page.getByRole("button", { name: "History" }).click();
   const row = page.locator(`li[data-approval="${id}"]`);
@@ -155,10 +262,27 @@ async function guardian() {
   // Per-device threshold.
   await page.getByRole("button", { name: "Devices" }).click();
   const device = page.locator('form[data-actor="teddy-bear"]');
-  await device.getByLabel(/Ask me for payments above/).fill("300");
+  await device.getByLabel("Ask me for payments above (CNY)").fill("300");
   await device.getByRole("button", { name: "Save" }).click();
-  await device.getByText("Saved: you are asked above ¥300.00.").waitFor();
+  await device.getByText("Saved: you are asked above CN¥300.00.").waitFor();
+  // The KWD threshold, edited in KWD's three digits.
+  const kwdThreshold = device.getByLabel("Ask me for payments above (KWD)");
+  assert.match(await kwdThreshold.getAttribute("placeholder"), /^the vendor's: KWD\s50\.000$/);
+  await kwdThreshold.fill("40.0001");
+  await device.getByRole("button", { name: "Save" }).click();
+  await device.getByText(/^Enter an amount in KWD, e\.g\. 300\.000/).waitFor();
+  await kwdThreshold.fill("40");
+  await device.getByRole("button", { name: "Save" }).click();
+  await device.getByText(/^Saved: you are asked above CN¥300\.00 and KWD\s40\.000\.$/).waitFor();
   await shots(page, "guardian-devices");
+  const overrides = await api("GET", "/v1/actors/teddy-bear/overrides", env("GUARDIAN_TOKEN"));
+  assert.deepEqual(overrides.body.overrides.spend_thresholds, { CNY: 30000, KWD: 40000 });
+  const actors = await api("GET", "/v1/guardian/actors", env("GUARDIAN_TOKEN"));
+  const teddy = actors.body.find((d) => d.actor === "teddy-bear");
+  assert.deepEqual(teddy.spend_thresholds, [
+    { minor_units: 30000, currency: "CNY", exponent: 2 },
+    { minor_units: 40000, currency: "KWD", exponent: 3 },
+  ]);
   const small = await api("POST", "/v1/approvals", agent, money(40000));
   assert.equal(small.body.status, "pending", "¥400 now needs the guardian");
 

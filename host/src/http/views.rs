@@ -2,7 +2,7 @@
 //! domain's records are converted here, at the boundary; nothing below `http` knows these
 //! shapes. Each view derives `ToSchema` for `/openapi.json`.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
@@ -11,11 +11,22 @@ use crate::plugin::registry::{PluginState, PluginVersion};
 use crate::risk::{CounterOffer, Money};
 use crate::store::approvals::Flag;
 
-/// An amount of money in minor units (¥600.00 is 60000 CNY).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// An amount of money in minor units, with its currency's exponent so that a reader needs no
+/// table of its own: ¥600.00 is `{"minor_units": 60000, "currency": "CNY", "exponent": 2}`,
+/// CLP 6,000 is `{"minor_units": 6000, "currency": "CLP", "exponent": 0}`.
+// Serialize only: the exponent follows from the currency, so a client's is never read.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"minor_units": 60000, "currency": "CNY", "exponent": 2}))]
 pub struct MoneyView {
+    /// The amount in the currency's minor unit (fen, cents, fils; the major unit itself when
+    /// the exponent is 0).
     pub minor_units: u64,
+    /// Upper-case ISO 4217 code.
     pub currency: String,
+    /// Decimal digits of the currency's minor unit (ISO 4217): the amount in major units is
+    /// `minor_units / 10^exponent` (0 for JPY, CLP, VND; 2 for CNY, USD; 3 for KWD, BHD).
+    #[schema(minimum = 0, maximum = 3)]
+    pub exponent: u32,
 }
 
 impl From<&Money> for MoneyView {
@@ -23,6 +34,7 @@ impl From<&Money> for MoneyView {
         Self {
             minor_units: m.minor_units,
             currency: m.currency.clone(),
+            exponent: m.exponent(),
         }
     }
 }
@@ -321,5 +333,48 @@ impl From<&PluginVersion> for PluginVersionView {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::MoneyView;
+    use crate::risk::Money;
+
+    #[test]
+    fn a_money_view_carries_its_currencys_exponent() {
+        let view = |minor, currency| {
+            serde_json::to_value(MoneyView::from(&Money::new(minor, currency))).unwrap()
+        };
+        assert_eq!(
+            view(60_000, "CNY"),
+            json!({"minor_units": 60000, "currency": "CNY", "exponent": 2})
+        );
+        assert_eq!(
+            view(6_000, "CLP"),
+            json!({"minor_units": 6000, "currency": "CLP", "exponent": 0})
+        );
+        assert_eq!(view(6_000, "VND")["exponent"], 0);
+        assert_eq!(view(6_000, "UGX")["exponent"], 0);
+        assert_eq!(
+            view(75_500, "KWD"),
+            json!({"minor_units": 75500, "currency": "KWD", "exponent": 3})
+        );
+        assert_eq!(view(75_500, "BHD")["exponent"], 3);
+    }
+
+    #[test]
+    fn the_openapi_schema_of_money_names_the_exponent() {
+        let schema = serde_json::to_value(<MoneyView as utoipa::PartialSchema>::schema()).unwrap();
+        assert!(
+            schema["required"]
+                .as_array()
+                .is_some_and(|r| r.contains(&json!("exponent"))),
+            "{schema}"
+        );
+        assert_eq!(schema["properties"]["exponent"]["maximum"], 3, "{schema}");
+        assert_eq!(schema["example"]["exponent"], 2, "{schema}");
     }
 }
