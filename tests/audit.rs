@@ -430,6 +430,35 @@ async fn replicas(db: TestDb) {
     assert_eq!((report.entries, report.checkpoints_verified), (401, 2));
 }
 
+/// Inserts `vendor`'s row through the log with `entry`, failing with `failure` if given.
+async fn insert_vendor(
+    log: Arc<AuditLog>,
+    vendor: &'static str,
+    entry: Entry,
+    failure: Option<StoreError>,
+) -> Result<approval_host::audit::Committed<&'static str>, StoreError> {
+    log.commit(
+        Scope::Vendor(vendor.into()),
+        move |conn: &mut AnyConnection| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO vendors (id, name, created_at_ms) VALUES ($1, $1, 0)")
+                    .bind(vendor)
+                    .execute(&mut *conn)
+                    .await?;
+                if let Some(failure) = failure {
+                    return Err(failure);
+                }
+                Ok(Audited {
+                    value: vendor,
+                    entries: vec![entry],
+                    payloads: Vec::new(),
+                })
+            })
+        },
+    )
+    .await
+}
+
 on_both_backends!(
     a_failed_write_leaves_nothing_and_its_batch_goes_on,
     failed_write
@@ -437,31 +466,8 @@ on_both_backends!(
 async fn failed_write(db: TestDb) {
     let log = common::audit_log(&db.db).await;
     let write = |vendor: &'static str, fail: bool| {
-        let log = Arc::clone(&log);
-        async move {
-            log.commit(
-                Scope::Vendor(vendor.into()),
-                move |conn: &mut AnyConnection| {
-                    Box::pin(async move {
-                        sqlx::query(
-                            "INSERT INTO vendors (id, name, created_at_ms) VALUES ($1, $1, 0)",
-                        )
-                        .bind(vendor)
-                        .execute(&mut *conn)
-                        .await?;
-                        if fail {
-                            return Err(StoreError::Corrupt("the write changed its mind".into()));
-                        }
-                        Ok(Audited {
-                            value: vendor,
-                            entries: vec![note(1)],
-                            payloads: Vec::new(),
-                        })
-                    })
-                },
-            )
-            .await
-        }
+        let failure = fail.then(|| StoreError::Corrupt("the write changed its mind".into()));
+        insert_vendor(Arc::clone(&log), vendor, note(1), failure)
     };
     let vendors = || async {
         sqlx::query("SELECT id FROM vendors ORDER BY id")
@@ -517,30 +523,8 @@ async fn oversized_entry(db: TestDb) {
         entry
     };
     // Entries alone, and a write with its own SQL: the write is undone, its batch goes on.
-    let write = |vendor: &'static str, entry: Entry| {
-        let log = Arc::clone(&log);
-        async move {
-            log.commit(
-                Scope::Vendor(vendor.into()),
-                move |conn: &mut AnyConnection| {
-                    Box::pin(async move {
-                        sqlx::query(
-                            "INSERT INTO vendors (id, name, created_at_ms) VALUES ($1, $1, 0)",
-                        )
-                        .bind(vendor)
-                        .execute(&mut *conn)
-                        .await?;
-                        Ok(Audited {
-                            value: (),
-                            entries: vec![entry],
-                            payloads: Vec::new(),
-                        })
-                    })
-                },
-            )
-            .await
-        }
-    };
+    let write =
+        |vendor: &'static str, entry: Entry| insert_vendor(Arc::clone(&log), vendor, entry, None);
     let (alone, big, small) = tokio::join!(
         log.append(vec![note(1), huge(2)]),
         write("v-big", huge(3)),
