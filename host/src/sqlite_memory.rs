@@ -5,7 +5,7 @@
 //! SQLite from several threads at once: the readers on the tokio workers (`store::direct`) and
 //! sqlx's connection threads, the audit writer's among them. The host never reads the counts
 //! (no soft heap limit, no `sqlite3_memory_used`); off, a decision took about a seventh less of
-//! the host's CPU and the peak rose 1.23× (BENCHMARKS.md, round 9). The option must be set
+//! the host's CPU and the peak rose 1.23× (docs/benchmarks/issue-7-rounds.md, round 9). The option must be set
 //! before SQLite starts, so `main` calls this first. The library and its tests keep SQLite's
 //! default.
 

@@ -763,7 +763,7 @@ impl AuditLog {
 /// a writer task waits behind every request task that is ready to run each time one of its
 /// statements returns (a batch takes several such turns), so when requests pile up, batches slow
 /// down just when they must speed up: at 3,800 requests/s on 2 cores, a hiccup of a few
-/// milliseconds grew into a stall of hundreds (BENCHMARKS.md, round 10). Here a writer's turn
+/// milliseconds grew into a stall of hundreds (docs/benchmarks/issue-7-rounds.md, round 10). Here a writer's turn
 /// comes as soon as the OS runs its thread. (A PostgreSQL connection the pool opens for a
 /// writer is served by this runtime's I/O driver, which runs as long as the log does.)
 struct WriterThread {

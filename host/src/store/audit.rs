@@ -313,7 +313,7 @@ fn entry_of(row: &AnyRow) -> Result<StoredEntry, StoreError> {
 /// time). On a SQLite file the page is read on a blocking thread over the calling-thread
 /// connections (`store::direct`): through sqlx each of its rows would be a message from the
 /// connection's thread to the calling task, 10-20 ms of the request workers' time a page at the
-/// peak (BENCHMARKS.md, round 10).
+/// peak (docs/benchmarks/issue-7-rounds.md, round 10).
 ///
 /// # Errors
 /// A database failure.

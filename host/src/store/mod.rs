@@ -31,7 +31,7 @@ use direct::DirectReads;
 /// The write-ahead log is copied back into the file by the commit that grows it past 1,000
 /// pages (SQLite's default), on purpose: a log starts again only when a writer begins with all
 /// of it copied, and a checkpoint on another connection always ends behind the audit writer's
-/// back-to-back batches (the log grew to gigabytes; BENCHMARKS.md, round 8).
+/// back-to-back batches (the log grew to gigabytes; docs/benchmarks/issue-7-rounds.md, round 8).
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768; \
     PRAGMA temp_store = MEMORY;";
@@ -373,7 +373,7 @@ impl<'a> Statements<'a> {
 /// prepared for this run only. Kept in the connection's statement cache, each new row count was
 /// another prepared statement (a 500-row insert of requests binds 17,000 values, 56 bytes each
 /// in SQLite, before its program), pushing out the fixed statements the cache is for, its
-/// memory freed on eviction and taken again by the next new one (BENCHMARKS.md, round 11).
+/// memory freed on eviction and taken again by the next new one (docs/benchmarks/issue-7-rounds.md, round 11).
 pub(crate) fn one_off(sql: &str) -> AnyQuery<'_> {
     sqlx::query(sql).persistent(false)
 }
