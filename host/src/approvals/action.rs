@@ -1,6 +1,8 @@
 //! Reading a request's action kind and JSON params into the typed [`Action`] the policy and the
 //! plugins classify, and checking that a guardian's revision only narrows what was asked.
 
+use std::fmt::Write as _;
+
 use serde_json::{Map, Value};
 
 use crate::policy::is_currency_code;
@@ -21,7 +23,8 @@ fn problem(text: impl Into<String>) -> String {
 fn string(params: &Map<String, Value>, field: &str) -> Result<String, String> {
     match params.get(field) {
         Some(Value::String(s)) => {
-            text::check_field(&format!("params.{field}"), s, text::PARAM)?;
+            // The field's name is spelled out only for an error: this runs on every request.
+            text::check(s, text::PARAM).map_err(|e| format!("params.{field} {e}"))?;
             Ok(s.clone())
         }
         Some(_) => Err(problem(format!("params.{field} must be a string"))),
@@ -82,7 +85,7 @@ fn safe_numbers(path: &mut String, value: &Value) -> Result<(), String> {
         }
         Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
             let len = path.len();
-            path.push_str(&format!("[{i}]"));
+            let _ = write!(path, "[{i}]");
             let checked = safe_numbers(path, item);
             path.truncate(len);
             checked
